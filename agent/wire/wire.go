@@ -1,0 +1,99 @@
+// Package wire is the RPC contract between etcd-agent and its callers: the
+// service and method names, and the argument and reply types that travel over
+// Go net/rpc on HTTP. The agent (package agent) serves it and the typed client
+// (package agent/client) calls it; neither defines a wire type of its own, so
+// the two sides cannot drift apart.
+//
+// The contract is usable from a plain net/rpc client:
+//
+//	c, _ := rpc.DialHTTP("tcp", "127.0.0.1:9027")
+//	var pid int
+//	err := c.Call(wire.MethodStart, []string{"--name", "etcd-0"}, &pid)
+package wire
+
+import "time"
+
+// ServiceName is the net/rpc service name the agent registers.
+const ServiceName = "Agent"
+
+// DefaultPort is the agent's default listen port.
+const DefaultPort = 9027
+
+// Method names, as net/rpc wants them ("Service.Method"). The comment on each
+// gives the argument and reply types.
+const (
+	MethodStart         = ServiceName + ".RPCStart"         // []string (etcd argv without argv[0]) → int (pid)
+	MethodStop          = ServiceName + ".RPCStop"          // struct{} → struct{}
+	MethodRestart       = ServiceName + ".RPCRestart"       // struct{} → int (pid)
+	MethodKill          = ServiceName + ".RPCKill"          // struct{} → struct{}
+	MethodPause         = ServiceName + ".RPCPause"         // struct{} → struct{}
+	MethodResume        = ServiceName + ".RPCResume"        // struct{} → struct{}
+	MethodCleanup       = ServiceName + ".RPCCleanup"       // struct{} → struct{}
+	MethodArchive       = ServiceName + ".RPCArchive"       // string (label) → Archive
+	MethodTerminate     = ServiceName + ".RPCTerminate"     // struct{} → struct{}
+	MethodDropPort      = ServiceName + ".RPCDropPort"      // int (port) → struct{}
+	MethodRecoverPort   = ServiceName + ".RPCRecoverPort"   // int (port) → struct{}
+	MethodSetLatency    = ServiceName + ".RPCSetLatency"    // []int{ms, rv} → struct{}
+	MethodRemoveLatency = ServiceName + ".RPCRemoveLatency" // struct{} → struct{}
+	MethodStatus        = ServiceName + ".RPCStatus"        // struct{} → Status
+)
+
+// State is the lifecycle state of the etcd process an agent manages.
+type State string
+
+const (
+	StateUninitialized State = "uninitialized" // never started
+	StateStarted       State = "started"       // running
+	StateStopped       State = "stopped"       // stopped or killed; data kept
+	StatePaused        State = "paused"        // SIGSTOPped
+	StateTerminated    State = "terminated"    // stopped and data removed
+)
+
+// Network-fault backends an agent can use.
+const (
+	BackendIPTables = "iptables" // kernel packet filter; needs CAP_NET_ADMIN
+	BackendProxy    = "proxy"    // the agent's own TCP proxy in front of the peer port
+)
+
+// Limits on fault arguments.
+const (
+	MaxLatency = 60 * time.Second
+	MinPort    = 1
+	MaxPort    = 65535
+)
+
+// Empty is the argument and reply of methods that carry no data. It is
+// struct{} so that plain net/rpc callers can pass struct{}{}.
+type Empty = struct{}
+
+// Status is the reply of RPCStatus: what the agent knows of its etcd process
+// and of the faults it has injected.
+type Status struct {
+	State State
+	Pid   int // 0 when no process runs
+
+	// LastStopSignal is the signal that ended the process on the last stop
+	// ("SIGTERM", "SIGINT" or "SIGKILL"), empty if it has never been stopped.
+	LastStopSignal string
+	// LastStopDuration is how long the last stop took, from the first
+	// signal to the process being reaped.
+	LastStopDuration time.Duration
+
+	Args []string // the arguments of the last start
+
+	NetworkBackend string // BackendIPTables or BackendProxy
+	PeerProxy      bool   // the agent proxies the member's peer traffic (needed for latency)
+	DroppedPorts   []int  // ports currently isolated
+	Latency        time.Duration
+	LatencyJitter  time.Duration
+
+	LastArchive string // directory of the last Cleanup or Archive, empty if none
+	// Adopted is true when the process was started by an earlier agent
+	// process that died; this agent found it from its records.
+	Adopted bool
+}
+
+// Archive is the reply of RPCArchive.
+type Archive struct {
+	Dir string // the directory the data dir and log were moved into
+}
