@@ -35,6 +35,11 @@ const (
 	// that has lost quorum takes ~6 s to exit on SIGTERM; tests do not need
 	// a graceful exit that badly.
 	stopGrace = 3 * time.Second
+	// cleanupGrace is stopGrace for the cleanup of a whole cluster: every
+	// member is stopping at once, so a leader's graceful exit (handing
+	// leadership to a peer) cannot succeed anyway, and waiting 3 s for it
+	// in every test adds up.
+	cleanupGrace = time.Second
 	// startAttempts bounds retries when another process took a port between
 	// picking it and etcd binding it.
 	startAttempts = 3
@@ -301,7 +306,7 @@ func (c *Cluster) stopAll() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = m.Stop()
+			errs[i] = m.signalAndWait(syscall.SIGTERM, cleanupGrace)
 		}()
 	}
 	wg.Wait()
