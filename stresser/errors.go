@@ -20,7 +20,7 @@ const (
 	ClassConnectionClosing = "connection_closing" // the connection went away mid-request
 	ClassTimeout           = "timeout"            // the request timed out inside etcd
 	ClassStopped           = "stopped"            // the member is shutting down
-	ClassCanceled          = "canceled"           // the request was canceled (Pause, Close)
+	ClassCanceled          = "canceled"           // the request was canceled by someone else than Pause or Close
 	ClassLeaseNotFound     = "lease_not_found"    // a lease the stresser believes alive is gone
 	ClassUnexpected        = "unexpected"         // anything else: logged, a possible bug
 )
@@ -73,6 +73,12 @@ func Classify(err error) (class string, expected bool) {
 		return ClassUnavailable, true
 	case codes.ResourceExhausted:
 		return ClassTooManyRequests, true
+	case codes.Unknown:
+		// etcd passes raft's error through as is when a member without
+		// a leader drops a proposal.
+		if strings.Contains(st.Message(), "raft proposal dropped") {
+			return ClassNoLeader, true
+		}
 	}
 	return ClassUnexpected, false
 }

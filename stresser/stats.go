@@ -195,7 +195,7 @@ func (r *recorder) finishLease(ctx context.Context, op, member string, start tim
 			expected = true
 		}
 		if ctx.Err() != nil {
-			class, expected = ClassCanceled, true
+			class, expected = classCutOff, true
 		}
 	}
 	if n := r.record(op, end, end.Sub(start), class, expected); n > 0 {
@@ -207,6 +207,10 @@ func (r *recorder) finishLease(ctx context.Context, op, member string, start tim
 		}
 	}
 }
+
+// classCutOff marks a request cut off by Pause or Close: it counts in
+// Stats.Canceled, neither a success nor a failure.
+const classCutOff = "cut off"
 
 // The first logFirstUnexpected unexpected errors of an interval are logged,
 // then every logEveryUnexpected-th, so that a storm cannot flood the log.
@@ -221,7 +225,7 @@ const (
 func (r *recorder) record(op string, end time.Time, d time.Duration, class string, expected bool) int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if class == ClassCanceled {
+	if class == classCutOff {
 		r.canceled++
 		return 0
 	}

@@ -225,6 +225,8 @@ func TestClassify(t *testing.T) {
 		{rpctypes.ErrDuplicateKey, ClassUnexpected, false},
 		{rpctypes.ErrCompacted, ClassUnexpected, false},
 		{status.Error(codes.Internal, "boom"), ClassUnexpected, false},
+		{status.Error(codes.Unknown, "raft proposal dropped"), ClassNoLeader, true},
+		{status.Error(codes.Unknown, "mystery"), ClassUnexpected, false},
 		{errors.New("something else"), ClassUnexpected, false},
 	} {
 		class, expected := Classify(tc.err)
@@ -302,7 +304,7 @@ func TestRecorderCountsAndSeries(t *testing.T) {
 	if n := r.record("txn", t0.Add(2500*time.Millisecond), 4*time.Millisecond, ClassUnexpected, false); n != 1 {
 		t.Errorf("first unexpected error: record returned %d, want 1", n)
 	}
-	r.record("put", t0.Add(2600*time.Millisecond), time.Millisecond, ClassCanceled, true)
+	r.record("put", t0.Add(2600*time.Millisecond), time.Millisecond, classCutOff, true)
 	s := r.snapshot(t0.Add(4 * time.Second))
 
 	if s.Success != 2 || s.Failure != 2 || s.Canceled != 1 || s.Unexpected != 1 {
@@ -411,4 +413,26 @@ func TestCompositeLifecycleWithoutCluster(t *testing.T) {
 		t.Fatal("Check after Close: no error")
 	}
 	s.Close() // twice is harmless
+}
+
+// TestFinishCountsCutOffAsCanceled: an error of a request whose interval
+// has ended (Pause, Close) is neither a failure nor logged; the same error
+// while the interval runs is a failure of its class.
+func TestFinishCountsCutOffAsCanceled(t *testing.T) {
+	r := newRecorder(time.Now())
+	live, stop := context.WithCancel(context.Background())
+	r.finish(live, "put", "m0", time.Now(), context.DeadlineExceeded)
+	r.finish(live, "get", "m0", time.Now(), nil)
+	stop()
+	r.finish(live, "put", "m0", time.Now(), context.Canceled)
+	r.finish(live, "put", "m0", time.Now(), rpctypes.ErrLeaseNotFound)
+	r.finishLease(context.Background(), "lease-put", "m0", time.Now(), rpctypes.ErrLeaseNotFound, true)
+	r.finishLease(context.Background(), "lease-keepalive", "m0", time.Now(), rpctypes.ErrLeaseNotFound, false)
+	s := r.snapshot(time.Now())
+	if s.Canceled != 2 || s.Failure != 3 || s.Success != 1 {
+		t.Fatalf("canceled %d failure %d success %d; want 2 3 1", s.Canceled, s.Failure, s.Success)
+	}
+	if s.Errors[ClassDeadline] != 1 || s.Errors[ClassLeaseNotFound] != 2 || s.Unexpected != 1 {
+		t.Fatalf("errors %v, unexpected %d; want 1 deadline, 2 lease_not_found of which 1 unexpected", s.Errors, s.Unexpected)
+	}
 }
