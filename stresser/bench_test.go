@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/etcd-functional/functional/internal/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 const (
@@ -26,29 +27,48 @@ const (
 // endpoint, putting values of the same size to keys drawn the same way.
 // The ratio is the share of the bare rate the stresser's machinery (rate
 // limiter, op choice, stats) leaves; the goal is >= 0.90.
+//
+// A third loop gives every goroutine a client of its own, to show whether
+// sharing one client (one gRPC connection) per endpoint limits throughput.
 func BenchmarkPutThroughput(b *testing.B) {
 	c := etcdtest.StartCluster(b, 3)
-	var bare, stress float64
+	var bare, stress, own float64
 	for i := 0; i < b.N; i++ {
-		// Alternate, so that a cluster slowing down as it fills up does
-		// not favour whichever runs first.
+		// Alternate, so that a cluster slowing down as it fills up or a
+		// neighbour's load on the machine does not favour one side.
 		for round := 0; round < 2; round++ {
-			bare += barePutRate(b, c.ClientURLs())
+			bare += barePutRate(b, c.ClientURLs(), false)
 			stress += stresserPutRate(b, c.ClientURLs())
 		}
+		own += barePutRate(b, c.ClientURLs(), true)
 	}
 	b.ReportMetric(bare/float64(2*b.N), "bare-puts/s")
 	b.ReportMetric(stress/float64(2*b.N), "stresser-puts/s")
 	b.ReportMetric(stress/bare, "ratio")
+	b.ReportMetric(own/float64(b.N), "bare-own-client-puts/s")
 }
 
-func barePutRate(b *testing.B, endpoints []string) float64 {
+// barePutRate runs benchClients goroutines putting as fast as they can,
+// over one client per endpoint or, with ownClient, one client each.
+func barePutRate(b *testing.B, endpoints []string, ownClient bool) float64 {
 	b.Helper()
 	conns, err := dial(endpoints)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer conns.close()
+	clients := make([]*clientv3.Client, benchClients)
+	for i := range clients {
+		clients[i] = conns.perEndpoint[i%len(endpoints)]
+		if ownClient {
+			cli, err := newClient([]string{endpoints[i%len(endpoints)]})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer cli.Close()
+			clients[i] = cli
+		}
+	}
 	value := strings.Repeat("v", benchKeySize)
 	var done atomic.Int64
 	run := func(d time.Duration) int64 {
@@ -57,7 +77,7 @@ func barePutRate(b *testing.B, endpoints []string) float64 {
 		done.Store(0)
 		var wg sync.WaitGroup
 		for i := 0; i < benchClients; i++ {
-			cli := conns.perEndpoint[i%len(endpoints)]
+			cli := clients[i]
 			rng := rand.New(rand.NewPCG(7, uint64(i)))
 			wg.Go(func() {
 				for ctx.Err() == nil {

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -26,7 +28,9 @@ const maxTxnOps = 128
 // Config says which load to put on which cluster, and how much.
 // Start from DefaultConfig and change what you need.
 type Config struct {
-	// Endpoints are the members' client URLs, e.g. "http://127.0.0.1:2379".
+	// Endpoints are the members' client URLs, e.g. "http://127.0.0.1:2379"
+	// (or "127.0.0.1:2379"). Key-stresser clients are pinned to one
+	// endpoint each, round-robin; lease requests balance over all.
 	Endpoints []string
 	// Names selects the stressers (see ValidNames); each name at most once.
 	Names []string
@@ -118,8 +122,8 @@ func (c Config) Validate() error {
 		bad("stresser: Endpoints: none given; need at least one client URL such as http://127.0.0.1:2379")
 	}
 	for _, ep := range c.Endpoints {
-		if u, err := url.Parse(ep); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			bad("stresser: Endpoints: %q is not a client URL; want http://host:port or https://host:port", ep)
+		if !validEndpoint(ep) {
+			bad("stresser: Endpoints: %q is not a client endpoint; want host:port, http://host:port or https://host:port", ep)
 		}
 	}
 	if len(c.Names) == 0 {
@@ -179,6 +183,29 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validEndpoint accepts what clientv3 dials: host:port with or without an
+// http or https scheme.
+func validEndpoint(ep string) bool {
+	hostport := ep
+	if scheme, rest, ok := strings.Cut(ep, "://"); ok {
+		if scheme != "http" && scheme != "https" {
+			return false
+		}
+		u, err := url.Parse(ep)
+		if err != nil || (u.Path != "" && u.Path != "/") {
+			return false
+		}
+		hostport = rest
+		hostport = strings.TrimSuffix(hostport, "/")
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || host == "" {
+		return false
+	}
+	n, err := strconv.Atoi(port)
+	return err == nil && n > 0 && n < 65536
 }
 
 func (w KeyWeights) validate(txnOps int) error {

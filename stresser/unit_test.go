@@ -39,7 +39,9 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		want   []string // substrings of the error
 	}{
 		{"no endpoints", func(c *Config) { c.Endpoints = nil }, []string{"Endpoints", "at least one"}},
-		{"bad endpoint", func(c *Config) { c.Endpoints = []string{"127.0.0.1:2379"} }, []string{"Endpoints", "http://host:port"}},
+		{"endpoint without port", func(c *Config) { c.Endpoints = []string{"http://127.0.0.1"} }, []string{"Endpoints", `"http://127.0.0.1"`, "host:port"}},
+		{"endpoint with bad scheme", func(c *Config) { c.Endpoints = []string{"ftp://127.0.0.1:21"} }, []string{"Endpoints", "http://host:port"}},
+		{"endpoint port out of range", func(c *Config) { c.Endpoints = []string{"127.0.0.1:70000"} }, []string{"Endpoints", "127.0.0.1:70000"}},
 		{"zero qps", func(c *Config) { c.QPS = 0 }, []string{"QPS", "> 0"}},
 		{"negative qps", func(c *Config) { c.QPS = -5 }, []string{"QPS: -5"}},
 		{"zero key size", func(c *Config) { c.KeySize = 0 }, []string{"KeySize: 0"}},
@@ -76,6 +78,14 @@ func TestValidateNamesTheBadField(t *testing.T) {
 				t.Errorf("New accepted a config Validate refuses")
 			}
 		})
+	}
+}
+
+func TestValidateAcceptsEndpointForms(t *testing.T) {
+	cfg := validConfig()
+	cfg.Endpoints = []string{"127.0.0.1:2379", "http://127.0.0.1:22379", "https://[::1]:2379/", "localhost:1"}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }
 
