@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coreos/pkg/capnslog"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.uber.org/goleak"
 	"golang.org/x/time/rate"
@@ -18,7 +19,11 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// Info lines ("stressing ...") would break up benchmark output.
+	capnslog.SetGlobalLogLevel(capnslog.NOTICE)
+	goleak.VerifyTestMain(m)
+}
 
 func validConfig() Config {
 	cfg := DefaultConfig()
