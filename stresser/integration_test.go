@@ -306,4 +306,20 @@ func TestLeaseChecker(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "revoked lease") || !strings.Contains(err.Error(), "still alive") {
 		t.Fatalf("revoked lease alive: Check says %v", err)
 	}
+	// A short lease that does not expire: Check waits TTL plus grace,
+	// then fails.
+	ls.mu.Lock()
+	l = ls.alive[ids[3]]
+	delete(ls.alive, ids[3])
+	ls.short = append(ls.short, &leaseRecord{id: l.id, ttl: time.Second, granted: l.granted, keys: l.keys})
+	ls.expiryGrace = 200 * time.Millisecond
+	ls.mu.Unlock()
+	start := time.Now()
+	err = s.Check(ctx)
+	if err == nil || !strings.Contains(err.Error(), "short-TTL lease") || !strings.Contains(err.Error(), "still alive") {
+		t.Fatalf("short lease alive: Check says %v", err)
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("Check gave the short lease only %v to expire", waited)
+	}
 }

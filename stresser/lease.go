@@ -23,10 +23,10 @@ const (
 	// maxTracked bounds the revoked and short-lived leases remembered for
 	// the next Check; beyond it the oldest are forgotten unverified.
 	maxTracked = 2048
-	// expiryGrace is how long past its TTL Check waits for a short lease
-	// to expire. A leader change extends every lease by about an election
-	// timeout, so a few seconds are needed.
-	expiryGrace = 5 * time.Second
+	// defaultExpiryGrace is how long past its TTL Check waits for a short
+	// lease to expire. A leader change extends every lease by about an
+	// election timeout, so a few seconds are needed.
+	defaultExpiryGrace = 5 * time.Second
 	// checkAttempts and checkRetryWait bound the retries of one Check
 	// query when the cluster answers with an error a fault explains.
 	checkAttempts  = 5
@@ -57,6 +57,8 @@ type leaseStresser struct {
 	lim      limiter
 	rec      *recorder
 	modified atomic.Int64
+	// expiryGrace is defaultExpiryGrace; tests shorten it.
+	expiryGrace time.Duration
 
 	// mu guards the lease sets: run and Check never overlap (Composite
 	// sees to that), but the sets are read by tests too.
@@ -68,7 +70,8 @@ type leaseStresser struct {
 }
 
 func newLeaseStresser(cfg Config, lim limiter, rec *recorder) *leaseStresser {
-	return &leaseStresser{cfg: cfg, lim: lim, rec: rec, alive: map[clientv3.LeaseID]*leaseRecord{}}
+	return &leaseStresser{cfg: cfg, lim: lim, rec: rec, expiryGrace: defaultExpiryGrace,
+		alive: map[clientv3.LeaseID]*leaseRecord{}}
 }
 
 func (s *leaseStresser) name() string { return NameLease }
@@ -260,7 +263,7 @@ func (s *leaseStresser) check(ctx context.Context, c *conns) error {
 		// A short lease may have been granted just before Pause, and a
 		// leader change renews every lease: allow a full TTL plus grace
 		// from the start of the check.
-		deadline := now.Add(l.ttl + expiryGrace)
+		deadline := now.Add(l.ttl + s.expiryGrace)
 		if err := s.checkGone(ctx, cli, l, "short-TTL", deadline); err != nil {
 			errs = append(errs, err)
 		}

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/coreos/pkg/capnslog"
+	"github.com/etcd-functional/functional/internal/logfmt"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.uber.org/goleak"
 	"golang.org/x/time/rate"
@@ -21,7 +23,9 @@ import (
 
 func TestMain(m *testing.M) {
 	// Info lines ("stressing ...") would break up benchmark output.
-	capnslog.SetGlobalLogLevel(capnslog.NOTICE)
+	if err := logfmt.Setup("NOTICE"); err != nil {
+		panic(err)
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -449,5 +453,42 @@ func TestFinishCountsCutOffAsCanceled(t *testing.T) {
 	}
 	if s.Errors[ClassDeadline] != 1 || s.Errors[ClassLeaseNotFound] != 2 || s.Unexpected != 1 {
 		t.Fatalf("errors %v, unexpected %d; want 1 deadline, 2 lease_not_found of which 1 unexpected", s.Errors, s.Unexpected)
+	}
+}
+
+// logBuffer collects capnslog lines for a test.
+type logBuffer struct{ lines []string }
+
+func (b *logBuffer) Format(pkg string, _ capnslog.LogLevel, _ int, entries ...interface{}) {
+	b.lines = append(b.lines, pkg+": "+fmt.Sprint(entries...))
+}
+func (b *logBuffer) Flush() {}
+
+// TestUnexpectedErrorsAreLoggedBounded: an unexpected error is logged with
+// its operation and member, expected ones are not, and a storm is thinned.
+func TestUnexpectedErrorsAreLoggedBounded(t *testing.T) {
+	var buf logBuffer
+	capnslog.SetFormatter(&buf)
+	defer capnslog.SetFormatter(logfmt.NewFormatter(os.Stderr))
+	r := newRecorder(time.Now())
+	ctx := context.Background()
+	r.finish(ctx, "put", "http://127.0.0.1:1", time.Now(), rpctypes.ErrNoLeader)
+	if len(buf.lines) != 0 {
+		t.Fatalf("expected error logged: %q", buf.lines)
+	}
+	r.finish(ctx, "txn", "http://127.0.0.1:2", time.Now(), rpctypes.ErrDuplicateKey)
+	if len(buf.lines) != 1 || !strings.Contains(buf.lines[0], "txn on http://127.0.0.1:2") ||
+		!strings.Contains(buf.lines[0], rpctypes.ErrDuplicateKey.Error()) {
+		t.Fatalf("unexpected error log: %q", buf.lines)
+	}
+	for i := 1; i < 3000; i++ {
+		r.finish(ctx, "txn", "http://127.0.0.1:2", time.Now(), rpctypes.ErrDuplicateKey)
+	}
+	// 20 single lines, then one at the 1000th, 2000th and 3000th.
+	if want := logFirstUnexpected + 3; len(buf.lines) != want {
+		t.Fatalf("3000 unexpected errors gave %d log lines, want %d", len(buf.lines), want)
+	}
+	if s := r.snapshot(time.Now()); s.Unexpected != 3000 || s.Failure != 3001 {
+		t.Fatalf("unexpected %d failure %d", s.Unexpected, s.Failure)
 	}
 }
