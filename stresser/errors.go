@@ -29,6 +29,14 @@ const (
 // whether a fault (a killed, paused, isolated or slow member) is expected to
 // cause it. Unexpected errors are worth a look: the stresser logs them.
 func Classify(err error) (class string, expected bool) {
+	// The client turns gRPC errors carrying etcd's messages into
+	// rpctypes errors; do the same for one that reached us raw.
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		if ee := rpctypes.Error(se.GRPCStatus().Err()); errors.As(ee, new(rpctypes.EtcdError)) {
+			err = ee
+		}
+	}
 	switch {
 	case err == nil:
 		return "", true
@@ -51,7 +59,6 @@ func Classify(err error) (class string, expected bool) {
 		return ClassLeaseNotFound, false
 	}
 	// What is left is a gRPC status, possibly wrapped.
-	var se interface{ GRPCStatus() *status.Status }
 	if !errors.As(err, &se) {
 		return ClassUnexpected, false
 	}
@@ -71,8 +78,6 @@ func Classify(err error) (class string, expected bool) {
 			return ClassConnectionClosing, true
 		}
 		return ClassUnavailable, true
-	case codes.ResourceExhausted:
-		return ClassTooManyRequests, true
 	case codes.Unknown:
 		// etcd passes raft's error through as is when a member without
 		// a leader drops a proposal.

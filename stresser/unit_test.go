@@ -239,7 +239,10 @@ func TestClassify(t *testing.T) {
 		{status.Error(codes.Unavailable, "error reading from server: EOF"), ClassConnectionClosing, true},
 		{status.Error(codes.Canceled, "grpc: the client connection is closing"), ClassConnectionClosing, true},
 		{status.Error(codes.DeadlineExceeded, "context deadline exceeded"), ClassDeadline, true},
-		{status.Error(codes.ResourceExhausted, "trying to send message larger than max"), ClassTooManyRequests, true},
+		{status.Error(codes.ResourceExhausted, "etcdserver: too many requests"), ClassTooManyRequests, true},
+		{fmt.Errorf("put: %w", status.Error(codes.Unavailable, "etcdserver: leader changed")), ClassLeaderChanged, true},
+		// gRPC's own ResourceExhausted means a request too big: our bug.
+		{status.Error(codes.ResourceExhausted, "trying to send message larger than max"), ClassUnexpected, false},
 		{rpctypes.ErrLeaseNotFound, ClassLeaseNotFound, false},
 		{rpctypes.ErrDuplicateKey, ClassUnexpected, false},
 		{rpctypes.ErrCompacted, ClassUnexpected, false},
