@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,9 +22,10 @@ type limiter interface {
 }
 
 // newLimiter returns the limiter all stressers share. A burst of one means
-// the limiter never lets more than qps requests through in any second,
-// not even at the start or after a pause; Wait reserves each request its
-// own slot, so the rate stays exact however many workers wait.
+// no more than one request ever goes ahead of the rate, not at the start
+// and not after a pause; Wait reserves each request its own slot 1/qps
+// after the previous one, so the rate stays exact however many workers
+// wait.
 func newLimiter(qps int) *rate.Limiter { return rate.NewLimiter(rate.Limit(qps), 1) }
 
 // conns are the clients of one Stress..Close lifetime.
@@ -61,11 +63,12 @@ func newClient(endpoints []string) (*clientv3.Client, error) {
 
 func (c *conns) close() error {
 	var errs []error
-	for _, cli := range append(c.perEndpoint, c.all) {
-		if cli != nil {
-			if err := cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
-				errs = append(errs, err)
-			}
+	for _, cli := range slices.Concat(c.perEndpoint, []*clientv3.Client{c.all}) {
+		if cli == nil {
+			continue
+		}
+		if err := cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -2,6 +2,7 @@ package stresser
 
 import (
 	"context"
+	"fmt"
 	"math/bits"
 	"sync"
 	"time"
@@ -32,6 +33,13 @@ type Stats struct {
 	// most MaxSeries; SeriesDropped says how many older seconds were cut.
 	Series        []SecondStat `json:"series,omitempty"`
 	SeriesDropped int          `json:"series_dropped,omitempty"`
+}
+
+// String summarises s on one line for logs.
+func (s Stats) String() string {
+	return fmt.Sprintf("%d ok, %d failed (%d unexpected), %d canceled in %v: %.1f req/s, latency p50 %v p99 %v max %v",
+		s.Success, s.Failure, s.Unexpected, s.Canceled, s.Duration.Round(time.Millisecond), s.QPS,
+		s.Latency.P50.Round(time.Microsecond), s.Latency.P99.Round(time.Microsecond), s.Latency.Max.Round(time.Microsecond))
 }
 
 // OpStats counts the outcomes of one kind of operation.

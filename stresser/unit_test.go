@@ -359,6 +359,9 @@ func TestRecorderCountsAndSeries(t *testing.T) {
 	if _, err := json.Marshal(s); err != nil {
 		t.Errorf("Stats do not marshal: %v", err)
 	}
+	if got, want := s.String(), "2 ok, 2 failed (1 unexpected), 1 canceled in 4s: 1.0 req/s, latency p50 2.032ms p99 4ms max 4ms"; got != want {
+		t.Errorf("String() = %q\nwant       %q", got, want)
+	}
 }
 
 // TestRecorderMemoryIsBounded records a long run's worth of requests and
