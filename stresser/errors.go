@@ -20,8 +20,8 @@ const (
 	ClassConnectionClosing = "connection_closing" // the connection went away mid-request
 	ClassTimeout           = "timeout"            // the request timed out inside etcd
 	ClassStopped           = "stopped"            // the member is shutting down
-	ClassCanceled          = "canceled"           // the request was canceled by someone else than Pause or Close
-	ClassLeaseNotFound     = "lease_not_found"    // a lease the stresser believes alive is gone
+	ClassCanceled          = "canceled"           // canceled by something other than Pause or Close
+	ClassLeaseNotFound     = "lease_not_found"    // a lease is gone: expected only for short-TTL or starved leases
 	ClassUnexpected        = "unexpected"         // anything else: logged, a possible bug
 )
 

@@ -113,6 +113,18 @@ func TestKeyStresserLifecycle(t *testing.T) {
 		t.Fatalf("resumed, yet revision stayed %d", rev)
 	}
 
+	// Quick Pause/Resume churn: every interval is its own, in order.
+	prevEnd := st2.Start.Add(st2.Duration)
+	for i := 0; i < 10; i++ {
+		s.Resume()
+		time.Sleep(50 * time.Millisecond)
+		st := s.Pause()
+		if st.Start.Before(prevEnd) || st.Failure != 0 {
+			t.Fatalf("churn %d: interval from %v (previous ended %v), %d failures %v", i, st.Start, prevEnd, st.Failure, st.Errors)
+		}
+		prevEnd = st.Start.Add(st.Duration)
+	}
+
 	// The caller's context ends the load too.
 	s.Resume()
 	time.Sleep(300 * time.Millisecond)
