@@ -257,7 +257,7 @@ func TestLeaseChecker(t *testing.T) {
 	}
 	time.Sleep(1500 * time.Millisecond)
 	st := s.Pause()
-	for _, op := range []string{"lease-grant", "lease-put", "lease-keepalive"} {
+	for _, op := range []string{"lease-grant", "lease-put", "lease-keepalive", "lease-revoke"} {
 		if st.Ops[op].Success == 0 {
 			t.Errorf("%s never succeeded: %+v", op, st.Ops)
 		}
@@ -268,9 +268,10 @@ func TestLeaseChecker(t *testing.T) {
 	ls := s.members[0].(*leaseStresser)
 	ls.mu.Lock()
 	nAlive, nShort := len(ls.alive), len(ls.short)
+	nRevoked := len(ls.revoked)
 	ls.mu.Unlock()
-	if nAlive != cfg.LeaseCount || nShort == 0 {
-		t.Fatalf("%d live leases (want %d), %d short ones", nAlive, cfg.LeaseCount, nShort)
+	if nAlive != cfg.LeaseCount || nShort == 0 || nRevoked == 0 {
+		t.Fatalf("%d live leases (want %d), %d short ones, %d revoked", nAlive, cfg.LeaseCount, nShort, nRevoked)
 	}
 	if want := int64(cfg.KeysPerLease * (nAlive + nShort)); s.ModifiedKeys() < want {
 		t.Errorf("ModifiedKeys %d, want at least %d", s.ModifiedKeys(), want)
