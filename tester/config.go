@@ -1,0 +1,362 @@
+package tester
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/etcd-functional/functional/agent/client"
+	"github.com/etcd-functional/functional/agent/wire"
+	"github.com/etcd-functional/functional/stresser"
+)
+
+// Config is everything a run needs. Start from DefaultConfig and change
+// what you need; Run validates it before it contacts anything.
+type Config struct {
+	// AgentEndpoints are the etcd-agents, "host:port" without a scheme;
+	// each runs one member. The member listens on the agent's host.
+	AgentEndpoints []string
+	// ClientPorts and PeerPorts hold one port per agent; nil means 2379
+	// and 2380 for every agent.
+	ClientPorts, PeerPorts []int
+	// PeerProxy makes each member listen for peers on PeerPort+1 while
+	// advertising PeerPort, which its agent proxies; the agent can then
+	// delay peer traffic (DELAY cases need it).
+	PeerProxy bool
+
+	// Limit is the number of rounds; -1 runs until interrupted.
+	Limit int
+	// Cases names the cases to run; empty means every case this
+	// environment supports (the others are reported as skipped).
+	Cases []string
+	// ScheduleCases, if set, is the order of one round: indices into the
+	// list of selected cases (as printed at start), repeats allowed.
+	ScheduleCases []int
+
+	// Stresser is the load; Endpoints and Seed are filled in by the
+	// tester.
+	Stresser stresser.Config
+	// ConsistencyCheck compares every member's revision and KV hash
+	// after each case.
+	ConsistencyCheck bool
+	// ExitOnFailure ends the run at the first failed case.
+	ExitOnFailure bool
+
+	// HeartbeatInterval and ElectionTimeout are passed to etcd.
+	HeartbeatInterval, ElectionTimeout time.Duration
+	// RecoveryTimeout bounds how long the cluster may take to be healthy
+	// again after a fault is recovered.
+	RecoveryTimeout time.Duration
+	// CaseDelay is how long a fault is held before it is recovered.
+	CaseDelay time.Duration
+	// SnapshotCount and SnapshotCatchupEntries are passed to etcd; small
+	// values make the UNTIL_TRIGGER_SNAPSHOT cases short.
+	SnapshotCount, SnapshotCatchupEntries int
+	// DefragInterval defragments every member every that many rounds;
+	// 0 never does.
+	DefragInterval int
+
+	// Seed makes targets, random delays and the load repeatable.
+	Seed int64
+
+	// MetricsAddr is where Prometheus metrics and /status are served;
+	// empty turns the server off.
+	MetricsAddr string
+	// ReportDir receives results.json and summary.txt.
+	ReportDir string
+
+	// AgentTokenFile holds the bearer token agents expect. AgentCertFile
+	// and AgentKeyFile are the client certificate presented to agents,
+	// AgentCAFile the CA that verifies them; any of them turns TLS on.
+	AgentTokenFile, AgentCertFile, AgentKeyFile, AgentCAFile string
+
+	// DialAgent, if set, replaces client.New for connecting to an agent
+	// (tests use it). The token and TLS files are then not read.
+	DialAgent func(endpoint string) (client.Agent, error)
+}
+
+// Defaults of the ports and of the recovery timeout's derivation.
+const (
+	DefaultClientPort = 2379
+	DefaultPeerPort   = 2380
+	// RecoveryElections is how many election timeouts a cluster gets to
+	// recover when no recovery timeout is given.
+	RecoveryElections = 30
+)
+
+// DefaultConfig returns the configuration of a run against one local agent.
+func DefaultConfig() Config {
+	return Config{
+		AgentEndpoints:         []string{"localhost:" + strconv.Itoa(wire.DefaultPort)},
+		PeerProxy:              true,
+		Limit:                  1,
+		Stresser:               stresser.DefaultConfig(),
+		ConsistencyCheck:       true,
+		HeartbeatInterval:      100 * time.Millisecond,
+		ElectionTimeout:        time.Second,
+		RecoveryTimeout:        RecoveryElections * time.Second,
+		CaseDelay:              3 * time.Second,
+		SnapshotCount:          2000,
+		SnapshotCatchupEntries: 500,
+		DefragInterval:         10,
+		Seed:                   1,
+		MetricsAddr:            ":9028",
+		ReportDir:              "report",
+	}
+}
+
+// SetupError is a run that could not start: bad input, or agents or a
+// cluster that could not be set up. Nothing was left running. Exit status 2.
+type SetupError struct{ Err error }
+
+func (e *SetupError) Error() string { return e.Err.Error() }
+func (e *SetupError) Unwrap() error { return e.Err }
+
+func setupErr(err error) error {
+	var se *SetupError
+	if err == nil || errors.As(err, &se) {
+		return err
+	}
+	return &SetupError{err}
+}
+
+// Validate reports every bad field of c at once, naming the field and what
+// it allows. It reads the token and TLS files but contacts nothing.
+func (c Config) Validate() error {
+	_, err := c.normalize()
+	return err
+}
+
+// settings is a validated Config with its defaults filled in and what the
+// run derives from it.
+type settings struct {
+	Config
+	hosts []string // member host per agent
+	env   Env      // what is known before any agent answers
+	cases []Case   // selected, before environment checks that need agents
+	dial  func(endpoint string) (client.Agent, error)
+}
+
+func (c Config) normalize() (*settings, error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	n := len(c.AgentEndpoints)
+	if n == 0 {
+		bad("-agent-endpoints: none given; want a comma list of host:port")
+	}
+	hosts := make([]string, n)
+	seenEP := map[string]bool{}
+	for i, ep := range c.AgentEndpoints {
+		if err := client.ValidateEndpoint(ep); err != nil {
+			bad("-agent-endpoints: %w", err)
+			continue
+		}
+		if seenEP[ep] {
+			bad("-agent-endpoints: %q given twice", ep)
+		}
+		seenEP[ep] = true
+		hosts[i] = memberHost(ep)
+	}
+	c.ClientPorts = defaultPorts(c.ClientPorts, n, DefaultClientPort)
+	c.PeerPorts = defaultPorts(c.PeerPorts, n, DefaultPeerPort)
+	if len(c.ClientPorts) != n {
+		bad("-client-ports: %d ports for %d agents; give one per agent, in the order of -agent-endpoints", len(c.ClientPorts), n)
+	}
+	if len(c.PeerPorts) != n {
+		bad("-peer-ports: %d ports for %d agents; give one per agent, in the order of -agent-endpoints", len(c.PeerPorts), n)
+	}
+	if len(errs) == 0 {
+		errs = append(errs, c.checkPorts(hosts)...)
+	}
+
+	switch {
+	case c.Limit == 0 || c.Limit < -1:
+		bad("-limit: %d; want a number of rounds >= 1, or -1 to run until interrupted", c.Limit)
+	}
+	if c.HeartbeatInterval <= 0 {
+		bad("-heartbeat-interval: %v; must be > 0", c.HeartbeatInterval)
+	}
+	// etcd refuses an election timeout below 5 heartbeats or above 50 s.
+	if c.ElectionTimeout < 5*c.HeartbeatInterval || c.ElectionTimeout > 50*time.Second {
+		bad("-election-timeout: %v; etcd wants at least 5 × -heartbeat-interval (%v) and at most 50s", c.ElectionTimeout, 5*c.HeartbeatInterval)
+	}
+	if c.RecoveryTimeout <= 0 {
+		bad("-recovery-timeout: %v; must be > 0", c.RecoveryTimeout)
+	}
+	if c.CaseDelay < 0 {
+		bad("-case-delay: %v; must be >= 0", c.CaseDelay)
+	}
+	if c.SnapshotCount <= 0 {
+		bad("-snapshot-count: %d; must be > 0", c.SnapshotCount)
+	}
+	if c.SnapshotCatchupEntries <= 0 {
+		bad("snapshot catch-up entries: %d; must be > 0", c.SnapshotCatchupEntries)
+	}
+	if c.DefragInterval < 0 {
+		bad("-defrag-interval: %d; want a number of rounds, or 0 for never", c.DefragInterval)
+	}
+	if c.ReportDir == "" {
+		bad("-report-dir: empty; want a directory for results.json and summary.txt")
+	}
+
+	// The stresser validates its own fields; it needs endpoints to do so.
+	sc := c.Stresser
+	sc.Endpoints = nil
+	for i := range n {
+		if len(c.ClientPorts) == n && hosts[i] != "" {
+			sc.Endpoints = append(sc.Endpoints, "http://"+net.JoinHostPort(hosts[i], strconv.Itoa(c.ClientPorts[i])))
+		}
+	}
+	if len(sc.Endpoints) == n && n > 0 {
+		if err := sc.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("-stresser and -stress-*: %w", err))
+		}
+	}
+
+	dial := c.DialAgent
+	if dial == nil {
+		acfg, err := c.agentClientConfig()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		dial = func(ep string) (client.Agent, error) { return client.New(ep, acfg) }
+	}
+
+	s := &settings{Config: c, hosts: hosts, dial: dial}
+	s.env = Env{
+		Members:      n,
+		Hosts:        hosts,
+		PeerProxy:    c.PeerProxy,
+		StressWrites: writes(c.Stresser.Names),
+	}
+	if len(errs) == 0 {
+		var err error
+		s.cases, _, err = selectCases(Catalogue(c), c.Cases, c.ScheduleCases, s.env)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, setupErr(err)
+	}
+	return s, nil
+}
+
+// checkPorts finds ports out of range and ports used twice on one host,
+// counting each agent's own port and, with the peer proxy, the member's
+// listen peer port (peer port + 1).
+func (c Config) checkPorts(hosts []string) []error {
+	var errs []error
+	used := map[string]string{} // host:port → who uses it
+	claim := func(host string, port int, who string) {
+		if port < wire.MinPort || port > wire.MaxPort {
+			errs = append(errs, fmt.Errorf("%s: port %d out of range %d..%d", who, port, wire.MinPort, wire.MaxPort))
+			return
+		}
+		k := net.JoinHostPort(host, strconv.Itoa(port))
+		if prev, ok := used[k]; ok {
+			errs = append(errs, fmt.Errorf("%s: port %d on host %s is already used by %s; every port on one host must be distinct", who, port, host, prev))
+			return
+		}
+		used[k] = who
+	}
+	for i, ep := range c.AgentEndpoints {
+		_, p, _ := net.SplitHostPort(ep)
+		port, _ := strconv.Atoi(p)
+		claim(hosts[i], port, fmt.Sprintf("agent %s", ep))
+	}
+	for i := range c.AgentEndpoints {
+		name := memberName(i)
+		claim(hosts[i], c.ClientPorts[i], fmt.Sprintf("-client-ports[%d] (%s)", i, name))
+		claim(hosts[i], c.PeerPorts[i], fmt.Sprintf("-peer-ports[%d] (%s)", i, name))
+		if c.PeerProxy {
+			claim(hosts[i], c.PeerPorts[i]+1, fmt.Sprintf("listen peer port (-peer-ports[%d]+1, %s, -peer-proxy)", i, name))
+		}
+	}
+	return errs
+}
+
+func defaultPorts(ports []int, n, def int) []int {
+	if len(ports) > 0 {
+		return ports
+	}
+	out := make([]int, n)
+	for i := range out {
+		out[i] = def
+	}
+	return out
+}
+
+// memberHost is the host part of an agent endpoint, the address its member
+// listens on. "localhost" becomes 127.0.0.1 so that the URLs etcd
+// advertises name one address, not whatever localhost resolves to first.
+func memberHost(endpoint string) string {
+	h, _, err := net.SplitHostPort(endpoint)
+	if err != nil {
+		return ""
+	}
+	if strings.EqualFold(h, "localhost") {
+		return "127.0.0.1"
+	}
+	return h
+}
+
+func memberName(i int) string { return "etcd-" + strconv.Itoa(i) }
+
+// writes reports whether the named stressers write keys (the
+// UNTIL_TRIGGER_SNAPSHOT cases need the revision to move).
+func writes(names []string) bool {
+	return slices.Contains(names, stresser.NameKeys) || slices.Contains(names, stresser.NameLease)
+}
+
+// agentClientConfig reads the token and TLS files.
+func (c Config) agentClientConfig() (client.Config, error) {
+	var cfg client.Config
+	var errs []error
+	if c.AgentTokenFile != "" {
+		b, err := os.ReadFile(c.AgentTokenFile)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("-agent-token-file: %w", err))
+		case strings.TrimSpace(string(b)) == "":
+			errs = append(errs, fmt.Errorf("-agent-token-file: %s is empty", c.AgentTokenFile))
+		default:
+			cfg.Token = strings.TrimSpace(string(b))
+		}
+	}
+	if (c.AgentCertFile == "") != (c.AgentKeyFile == "") {
+		errs = append(errs, errors.New("-agent-cert-file and -agent-key-file: give both or neither"))
+	}
+	if c.AgentCertFile != "" || c.AgentKeyFile != "" || c.AgentCAFile != "" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.AgentCertFile != "" && c.AgentKeyFile != "" {
+			cert, err := tls.LoadX509KeyPair(c.AgentCertFile, c.AgentKeyFile)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("-agent-cert-file/-agent-key-file: %w", err))
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		if c.AgentCAFile != "" {
+			pem, err := os.ReadFile(c.AgentCAFile)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("-agent-ca-file: %w", err))
+			} else {
+				pool := x509.NewCertPool()
+				if !pool.AppendCertsFromPEM(pem) {
+					errs = append(errs, fmt.Errorf("-agent-ca-file: %s holds no PEM certificate", c.AgentCAFile))
+				}
+				tc.RootCAs = pool
+			}
+		}
+		cfg.TLS = tc
+	}
+	return cfg, errors.Join(errs...)
+}

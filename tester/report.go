@@ -1,0 +1,181 @@
+package tester
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/etcd-functional/functional/stresser"
+)
+
+// Report is results.json: what a run did, written after every case so that
+// an interrupted or crashed run keeps what it had.
+type Report struct {
+	Seed        int64 `json:"seed"`
+	Passed      bool  `json:"passed"`
+	Interrupted bool  `json:"interrupted"`
+	// Error is what ended the run early, if anything did (a cluster that
+	// could not be re-bootstrapped, -exit-on-failure, an interrupt).
+	Error                  string        `json:"error,omitempty"`
+	Started                time.Time     `json:"started"`
+	Finished               time.Time     `json:"finished,omitzero"`
+	RecoveryTimeoutSeconds float64       `json:"recovery_timeout_seconds"`
+	Agents                 []string      `json:"agents"`
+	Schedule               []string      `json:"schedule"` // the cases of one round, in order
+	Rounds                 []RoundResult `json:"rounds"`
+	Skipped                []Skip        `json:"skipped"`
+	// Unhealed lists the faults that could not be undone at the end.
+	Unhealed []string `json:"unhealed,omitempty"`
+}
+
+// RoundResult is one round of the schedule.
+type RoundResult struct {
+	Round  int          `json:"round"`
+	Passed bool         `json:"passed"`
+	Cases  []CaseResult `json:"cases"`
+	// CompactRevision is where the cluster was compacted after the round.
+	CompactRevision int64 `json:"compact_revision,omitempty"`
+	Defragmented    bool  `json:"defragmented,omitempty"`
+	// Error is a failure of the round's own steps (compaction,
+	// defragmentation), not of a case.
+	Error string `json:"error,omitempty"`
+}
+
+// CaseResult is one case of one round.
+type CaseResult struct {
+	Case    string   `json:"case"`
+	Index   int      `json:"index"` // 1-based place in the round
+	Passed  bool     `json:"passed"`
+	Error   string   `json:"error,omitempty"`
+	Targets []string `json:"targets"`
+	// InjectTime is when injection began, RecoverTime when recovery
+	// ended, HealthyTime when every member was healthy again.
+	InjectTime  time.Time `json:"inject_time,omitzero"`
+	RecoverTime time.Time `json:"recover_time,omitzero"`
+	HealthyTime time.Time `json:"healthy_time,omitzero"`
+	// RecoverySeconds is HealthyTime − RecoverTime; FirstWriteSeconds is
+	// from RecoverTime to the first put that succeeded.
+	RecoverySeconds   float64 `json:"recovery_seconds"`
+	FirstWriteSeconds float64 `json:"first_write_seconds"`
+	// Stress is the load of the case, from start (or resume) to the
+	// pause after recovery; nil for cases run without load.
+	Stress *stresser.Stats `json:"stress,omitempty"`
+	// Archives maps each member to the directory its agent archived its
+	// data and log in after the case failed.
+	Archives map[string]string `json:"archives,omitempty"`
+}
+
+// Report file names inside Config.ReportDir.
+const (
+	ResultsFile = "results.json"
+	SummaryFile = "summary.txt"
+)
+
+// write stores results.json and summary.txt in dir, each atomically (a
+// temporary file renamed over the old one), so a reader never sees half a
+// report.
+func (r *Report) write(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	if err := writeAtomic(filepath.Join(dir, ResultsFile), append(b, '\n')); err != nil {
+		return err
+	}
+	var sum bytes.Buffer
+	r.summary(&sum)
+	return writeAtomic(filepath.Join(dir, SummaryFile), sum.Bytes())
+}
+
+func writeAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("report: write %s: %w", path, err)
+	}
+	return nil
+}
+
+// summary writes a table of every case run, then the skipped cases and
+// the verdict.
+func (r *Report) summary(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROUND\tCASE\tRESULT\tRECOVERY\tFIRST WRITE\tSTRESS QPS\tSTRESS ERRORS\tTARGETS")
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			result := "PASS"
+			if !c.Passed {
+				result = "FAIL"
+			}
+			qps, errs := "-", "-"
+			if c.Stress != nil {
+				qps = fmt.Sprintf("%.0f", c.Stress.QPS)
+				errs = fmt.Sprintf("%d", c.Stress.Failure)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rd.Round, c.Case, result,
+				seconds(c.RecoverySeconds, !c.HealthyTime.IsZero()), seconds(c.FirstWriteSeconds, c.FirstWriteSeconds > 0),
+				qps, errs, strings.Join(c.Targets, ","))
+		}
+		if rd.Error != "" {
+			fmt.Fprintf(tw, "%d\t(after the round)\tFAIL\t\t\t\t\t\n", rd.Round)
+		}
+	}
+	tw.Flush()
+	for _, s := range r.Skipped {
+		fmt.Fprintf(w, "skipped %s: %s\n", s.Case, s.Reason)
+	}
+	var failures []string
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			if !c.Passed {
+				failures = append(failures, fmt.Sprintf("round %d case %d %s: %s", rd.Round, c.Index, c.Case, c.Error))
+			}
+		}
+		if rd.Error != "" {
+			failures = append(failures, fmt.Sprintf("round %d: %s", rd.Round, rd.Error))
+		}
+	}
+	for _, f := range failures {
+		fmt.Fprintln(w, "failed", f)
+	}
+	switch {
+	case r.Interrupted:
+		fmt.Fprintln(w, "result: INTERRUPTED")
+	case r.Passed:
+		fmt.Fprintln(w, "result: PASS")
+	default:
+		fmt.Fprintln(w, "result: FAIL")
+	}
+	if r.Error != "" {
+		fmt.Fprintln(w, "error:", r.Error)
+	}
+	for _, u := range r.Unhealed {
+		fmt.Fprintln(w, "unhealed fault:", u)
+	}
+}
+
+func seconds(s float64, known bool) string {
+	if !known {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fs", s)
+}

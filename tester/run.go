@@ -1,0 +1,553 @@
+// Package tester drives etcd-agents to run an etcd cluster through fault
+// cases while a stresser loads it, and checks after each fault that the
+// cluster recovered and stayed consistent.
+//
+// A run bootstraps one member per agent, then plays rounds of cases. Each
+// case waits for a healthy cluster, starts the load, injects its fault on
+// targets chosen from the live cluster (the leader now, followers by a
+// seeded draw), holds it, recovers, pauses the load and waits — bounded —
+// for every member to be healthy under one leader; then the checkers
+// compare the members' key spaces and the stresser's leases. A failed case
+// is recovered all the same, every member archived under the case's name,
+// and the cluster bootstrapped anew.
+//
+// Everything a run does is in results.json and summary.txt (rewritten
+// after every case) and in Prometheus metrics. A run interrupted through
+// its context heals every fault it injected before it returns.
+//
+//	cfg := tester.DefaultConfig()
+//	cfg.AgentEndpoints = []string{"10.0.0.1:9027", "10.0.0.2:9027", "10.0.0.3:9027"}
+//	err := tester.Run(ctx, cfg)
+//	os.Exit(tester.ExitCode(err))
+package tester
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/pkg/capnslog"
+
+	"github.com/etcd-functional/functional/agent/client"
+	"github.com/etcd-functional/functional/stresser"
+)
+
+var plog = capnslog.NewPackageLogger("github.com/etcd-functional/functional", "tester")
+
+// Errors Run returns besides *SetupError.
+var (
+	// ErrFailed: a case or a round's own step failed.
+	ErrFailed = errors.New("tester: the run failed")
+	// ErrInterrupted: the context ended the run; injected faults were
+	// healed (see the report's unhealed list for any that were not).
+	ErrInterrupted = errors.New("tester: interrupted")
+)
+
+// Exit statuses for a command running Run.
+const (
+	ExitPass        = 0   // every case of every round passed
+	ExitFail        = 1   // a case failed, or the run was interrupted
+	ExitSetup       = 2   // bad input, or agents or cluster could not be set up
+	ExitInterrupted = 130 // a second interrupt: exited at once, faults may remain
+)
+
+// ExitCode maps Run's error to an exit status.
+func ExitCode(err error) int {
+	var se *SetupError
+	switch {
+	case err == nil:
+		return ExitPass
+	case errors.As(err, &se):
+		return ExitSetup
+	default:
+		return ExitFail
+	}
+}
+
+// Bounds of the steps after a case.
+const (
+	// healTimeout bounds healing on interrupt or after a failure: every
+	// agent call is bounded too, this bounds them together.
+	healTimeout = 3 * time.Minute
+	// compactKeep is how many revisions compaction leaves (upstream's).
+	compactKeep = 10000
+)
+
+// Run runs the rounds cfg asks for. It returns nil if every case passed, a
+// *SetupError if nothing could start, ErrInterrupted (wrapped) if ctx ended
+// the run, and ErrFailed (wrapped) otherwise.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := cfg.normalize()
+	if err != nil {
+		return err
+	}
+	t := &tester{s: s, out: os.Stdout, metrics: newMetrics()}
+	return t.run(ctx)
+}
+
+// tester is the state of one run.
+type tester struct {
+	s       *settings
+	out     io.Writer // the summary table
+	metrics *metrics
+	cluster *Cluster
+	cases   []Case
+	report  Report
+
+	stress    *stresser.Composite // the load on the current bootstrap
+	stressing bool                // Stress has been called on it
+	seedBoot  int64               // bootstraps so far, to vary the load's seed
+}
+
+func (t *tester) run(ctx context.Context) (err error) {
+	s := t.s
+	plog.Infof("seed %d (replay with -seed %d); recovery timeout %v; case delay %v", s.Seed, s.Seed, s.RecoveryTimeout, s.CaseDelay)
+	t.report = Report{
+		Seed:                   s.Seed,
+		Started:                time.Now(),
+		RecoveryTimeoutSeconds: s.RecoveryTimeout.Seconds(),
+		Agents:                 s.AgentEndpoints,
+		Rounds:                 []RoundResult{},
+		Skipped:                []Skip{},
+	}
+
+	if s.MetricsAddr != "" {
+		stop, err := serve(s.MetricsAddr, t.metrics.handler())
+		if err != nil {
+			return setupErr(err)
+		}
+		defer stop()
+	}
+
+	agents := make([]client.Agent, 0, len(s.AgentEndpoints))
+	defer func() {
+		for _, a := range agents {
+			a.Close()
+		}
+	}()
+	for _, ep := range s.AgentEndpoints {
+		a, err := s.dial(ep)
+		if err != nil {
+			return setupErr(fmt.Errorf("agent %s: %w", ep, err))
+		}
+		agents = append(agents, a)
+	}
+	c, err := newCluster(s, agents)
+	if err != nil {
+		return setupErr(err)
+	}
+	defer c.Close()
+	t.cluster = c
+	t.metrics.setCluster(c)
+
+	if err := t.setup(ctx); err != nil {
+		t.report.Error = err.Error()
+		t.report.Finished = time.Now()
+		if werr := t.report.write(s.ReportDir); werr != nil {
+			plog.Errorf("%v", werr)
+		}
+		return setupErr(err)
+	}
+	return t.rounds(ctx)
+}
+
+// setup checks the agents, selects the cases and bootstraps the cluster.
+func (t *tester) setup(ctx context.Context) error {
+	s, c := t.s, t.cluster
+	sts, err := c.AgentStatuses(ctx, agentProbeTimeout)
+	if err != nil {
+		return fmt.Errorf("agents must answer within %v before a run: %w", agentProbeTimeout, err)
+	}
+	env := s.env
+	for _, st := range sts {
+		env.Backends = append(env.Backends, st.NetworkBackend)
+	}
+	var skipped []Skip
+	t.cases, skipped, err = selectCases(Catalogue(s.Config), s.Cases, s.ScheduleCases, env)
+	t.report.Skipped = append(t.report.Skipped, skipped...)
+	if err != nil {
+		return err
+	}
+	t.report.Schedule = CaseNames(t.cases)
+	for i, cs := range t.cases {
+		plog.Infof("case %d: %s", i, cs.Name())
+	}
+	for _, sk := range skipped {
+		plog.Noticef("skipping %s: %s", sk.Case, sk.Reason)
+	}
+	if err := t.report.write(s.ReportDir); err != nil {
+		return err
+	}
+	if err := c.ClearLeftovers(ctx, sts); err != nil {
+		return fmt.Errorf("clearing what an earlier run left on the agents: %w", err)
+	}
+	if err := c.Bootstrap(ctx); err != nil {
+		return err
+	}
+	return t.newStress()
+}
+
+// newStress sets up the load for the current bootstrap; the lease checker
+// must not look for the leases of a cluster that is gone.
+func (t *tester) newStress() error {
+	if t.stress != nil {
+		t.stress.Close()
+	}
+	t.seedBoot++
+	cfg := t.s.Stresser
+	cfg.Endpoints = t.cluster.ClientURLs()
+	cfg.Seed = t.s.Seed + t.seedBoot
+	st, err := stresser.New(cfg)
+	if err != nil {
+		return fmt.Errorf("stresser: %w", err)
+	}
+	t.stress, t.stressing = st, false
+	return nil
+}
+
+func (t *tester) startStress(ctx context.Context) error {
+	if t.stressing {
+		t.stress.Resume()
+		return nil
+	}
+	if err := t.stress.Stress(ctx); err != nil {
+		return err
+	}
+	t.stressing = true
+	return nil
+}
+
+// rounds plays the schedule Limit times and ends the run.
+func (t *tester) rounds(ctx context.Context) error {
+	s := t.s
+	var runErr error
+	failed := false
+rounds:
+	for round := 1; s.Limit < 0 || round <= s.Limit; round++ {
+		t.report.Rounds = append(t.report.Rounds, RoundResult{Round: round, Passed: true, Cases: []CaseResult{}})
+		rr := &t.report.Rounds[len(t.report.Rounds)-1]
+		for k, cs := range t.cases {
+			res := t.runCase(ctx, round, k+1, cs)
+			rr.Cases = append(rr.Cases, res)
+			rr.Passed = rr.Passed && res.Passed
+			t.metrics.caseDone(res)
+			t.save()
+			if ctx.Err() != nil {
+				runErr = ErrInterrupted
+				break rounds
+			}
+			if res.Passed {
+				continue
+			}
+			failed = true
+			if s.ExitOnFailure {
+				runErr = fmt.Errorf("%w: %s failed in round %d and -exit-on-failure is set", ErrFailed, res.Case, round)
+				break rounds
+			}
+			if err := t.rebootstrap(ctx); err != nil {
+				runErr = fmt.Errorf("%w: after %s failed in round %d: %v", ErrFailed, res.Case, round, err)
+				if ctx.Err() != nil {
+					runErr = fmt.Errorf("%w: %v", ErrInterrupted, err)
+				}
+				break rounds
+			}
+		}
+		if err := t.afterRound(ctx, rr); err != nil {
+			rr.Error, rr.Passed = err.Error(), false
+			plog.Errorf("[round#%d] %v", round, err)
+			if ctx.Err() != nil {
+				t.metrics.roundDone(false)
+				runErr = ErrInterrupted
+				break
+			}
+		}
+		t.metrics.roundDone(rr.Passed)
+		failed = failed || !rr.Passed
+		t.save()
+		if !rr.Passed && s.ExitOnFailure {
+			runErr = fmt.Errorf("%w: round %d failed and -exit-on-failure is set", ErrFailed, round)
+			break
+		}
+	}
+	return t.finish(ctx, runErr, failed)
+}
+
+// afterRound compacts (and verifies the compaction) and, every
+// DefragInterval rounds, defragments.
+func (t *tester) afterRound(ctx context.Context, rr *RoundResult) error {
+	c := t.cluster
+	if err := c.WaitHealthy(ctx, t.s.RecoveryTimeout); err != nil {
+		return fmt.Errorf("before compaction: %w", err)
+	}
+	rev, err := c.Compact(ctx, compactKeep)
+	rr.CompactRevision = rev
+	if err != nil {
+		return err
+	}
+	if rev > 0 {
+		plog.Infof("[round#%d] compacted at revision %d", rr.Round, rev)
+	}
+	if t.s.DefragInterval > 0 && rr.Round%t.s.DefragInterval == 0 {
+		if err := c.Defragment(ctx); err != nil {
+			return err
+		}
+		rr.Defragmented = true
+		plog.Infof("[round#%d] defragmented every member", rr.Round)
+	}
+	return nil
+}
+
+// rebootstrap starts a new cluster after a failed case archived the old
+// one, with a new load.
+func (t *tester) rebootstrap(ctx context.Context) error {
+	if t.stress != nil {
+		t.stress.Close()
+	}
+	// The failed case archived what it could; terminate makes sure no
+	// member of the old cluster runs on.
+	if err := t.cluster.Terminate(ctx); err != nil {
+		return fmt.Errorf("re-bootstrap: %w", err)
+	}
+	if err := t.cluster.Bootstrap(ctx); err != nil {
+		return fmt.Errorf("re-bootstrap: %w", err)
+	}
+	return t.newStress()
+}
+
+// finish ends the run: it stops the load; after an interrupt it heals what
+// is still injected and leaves the cluster up, else it terminates the
+// cluster (failed cases' data was archived). It writes the final report.
+func (t *tester) finish(ctx context.Context, runErr error, failed bool) error {
+	interrupted := errors.Is(runErr, ErrInterrupted) || ctx.Err() != nil
+	if t.stress != nil {
+		t.stress.Close()
+	}
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), healTimeout)
+	defer cancel()
+	if err := t.cluster.Heal(hctx); err != nil {
+		plog.Errorf("healing the injected faults: %v", err)
+		if runErr == nil {
+			runErr = fmt.Errorf("%w: %v", ErrFailed, err)
+		}
+	}
+	t.report.Unhealed = t.cluster.Faults()
+	if !interrupted {
+		if err := t.cluster.Terminate(hctx); err != nil {
+			plog.Warningf("terminating the cluster at the end: %v", err)
+		}
+	}
+	if interrupted && !errors.Is(runErr, ErrInterrupted) {
+		runErr = fmt.Errorf("%w: %v", ErrInterrupted, runErr)
+	}
+	if runErr == nil && failed {
+		runErr = ErrFailed
+	}
+	t.report.Interrupted = interrupted
+	t.report.Passed = runErr == nil
+	if runErr != nil {
+		t.report.Error = runErr.Error()
+	}
+	t.report.Finished = time.Now()
+	t.save()
+	var sum strings.Builder
+	t.report.summary(&sum)
+	fmt.Fprint(t.out, sum.String())
+	return runErr
+}
+
+func (t *tester) save() {
+	if err := t.report.write(t.s.ReportDir); err != nil {
+		plog.Errorf("%v", err)
+	}
+}
+
+// caseLog prefixes every line of a case with [round#N case#M NAME].
+type caseLog string
+
+func (l caseLog) Infof(format string, args ...any) {
+	plog.Infof("%s %s", string(l), fmt.Sprintf(format, args...))
+}
+func (l caseLog) Errorf(format string, args ...any) {
+	plog.Errorf("%s %s", string(l), fmt.Sprintf(format, args...))
+}
+
+// runCase plays one case. It always recovers what it injected; a failed
+// case archives every member under the case's label (the caller then
+// bootstraps anew). When ctx ends, it returns at once: finish heals.
+func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseResult {
+	c, s := t.cluster, t.s
+	name := cs.Name()
+	lg := caseLog(fmt.Sprintf("[round#%d case#%d %s]", round, index, name))
+	t.metrics.setCase(round, index, name)
+	c.setRand(caseRand(s.Seed, round, index))
+	res := CaseResult{Case: name, Index: index, Targets: []string{}}
+	var errs []error
+	fail := func(format string, args ...any) {
+		err := fmt.Errorf(format, args...)
+		errs = append(errs, err)
+		lg.Errorf("%v", err)
+	}
+
+	wantStress := true
+	if sc, ok := cs.(stressChooser); ok {
+		wantStress = sc.Stress()
+	}
+	stressed := false
+	injected := false
+	func() {
+		if err := c.WaitHealthy(ctx, s.RecoveryTimeout); err != nil {
+			fail("before the fault: %w", err)
+			return
+		}
+		if wantStress {
+			if err := t.startStress(ctx); err != nil {
+				fail("start stress: %w", err)
+				return
+			}
+			stressed = true
+		}
+		lg.Infof("inject: %s", cs.Describe())
+		res.InjectTime = time.Now()
+		injected = true
+		err := cs.Inject(ctx, c)
+		res.Targets = append(res.Targets, c.Targets()...)
+		if err != nil {
+			fail("inject: %w", err)
+			return
+		}
+		lg.Infof("injected on %s; holding %v", strings.Join(res.Targets, ","), s.CaseDelay)
+		if err := sleep(ctx, s.CaseDelay); err != nil {
+			fail("holding the fault: %w", err)
+		}
+	}()
+	if ctx.Err() != nil {
+		t.pauseStress(&res, stressed)
+		res.Error = joinErrs(errs)
+		return res
+	}
+
+	if injected {
+		err := cs.Recover(ctx, c)
+		res.RecoverTime = time.Now()
+		if err != nil {
+			fail("recover: %w", err)
+		}
+	}
+	t.pauseStress(&res, stressed)
+
+	if injected && len(errs) == 0 {
+		t.awaitRecovery(ctx, lg, &res, fail)
+	}
+	if len(errs) == 0 {
+		// Bounded: the hash checker retries, the lease checker waits for
+		// short leases to expire.
+		cctx, cancel := context.WithTimeout(ctx, max(2*s.RecoveryTimeout, time.Minute))
+		err := t.checkers(cs, res.Stress).Check(cctx)
+		cancel()
+		if err != nil {
+			fail("%w", err)
+		}
+	}
+
+	res.Passed = len(errs) == 0 && ctx.Err() == nil
+	res.Error = joinErrs(errs)
+	stressLine := "no stress"
+	if res.Stress != nil {
+		stressLine = fmt.Sprintf("stress %.0f req/s %d errors", res.Stress.QPS, res.Stress.Failure)
+	}
+	verdict := "PASS"
+	if !res.Passed {
+		verdict = "FAIL"
+	}
+	lg.Infof("%s recovery %.2fs (targets %s) %s", verdict, res.RecoverySeconds, strings.Join(res.Targets, ","), stressLine)
+	if !res.Passed && ctx.Err() == nil {
+		t.salvage(ctx, lg, round, index, name, &res)
+	}
+	return res
+}
+
+func joinErrs(errs []error) string {
+	if err := errors.Join(errs...); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+func (t *tester) pauseStress(res *CaseResult, stressed bool) {
+	if stressed {
+		st := t.stress.Pause()
+		res.Stress = &st
+	}
+}
+
+// awaitRecovery waits for every member to be healthy under one leader, and
+// measures the time to the first successful put alongside.
+func (t *tester) awaitRecovery(ctx context.Context, lg caseLog, res *CaseResult, fail func(string, ...any)) {
+	c := t.cluster
+	wctx, cancel := context.WithTimeout(ctx, t.s.RecoveryTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var written time.Time
+	var writeErr error
+	wg.Go(func() { written, writeErr = c.firstWrite(wctx) })
+	err := c.WaitHealthy(ctx, t.s.RecoveryTimeout)
+	if err == nil {
+		res.HealthyTime = time.Now()
+		res.RecoverySeconds = res.HealthyTime.Sub(res.RecoverTime).Seconds()
+	} else {
+		cancel() // no point writing to a cluster declared broken
+	}
+	wg.Wait()
+	if err != nil {
+		fail("after recovery (timeout %v): %w", t.s.RecoveryTimeout, err)
+		return
+	}
+	if writeErr != nil {
+		fail("healthy, but no put succeeded within %v: %w", t.s.RecoveryTimeout, writeErr)
+		return
+	}
+	res.FirstWriteSeconds = written.Sub(res.RecoverTime).Seconds()
+	lg.Infof("healthy after %.2fs, first write after %.2fs", res.RecoverySeconds, res.FirstWriteSeconds)
+}
+
+// checkers are the checks of one case.
+func (t *tester) checkers(cs Case, stats *stresser.Stats) Checker {
+	var cks checkers
+	if t.s.ConsistencyCheck {
+		cks = append(cks, namedChecker{"hash", newHashChecker(t.cluster.kvMembers())})
+	}
+	if stats != nil {
+		cks = append(cks, namedChecker{"stresser", t.stress})
+		if sc, ok := cs.(statsChecker); ok {
+			if ck := sc.StressChecker(*stats); ck != nil {
+				cks = append(cks, namedChecker{"stress budget", ck})
+			}
+		}
+	}
+	return cks
+}
+
+// salvage heals what is left of a failed case's faults and archives every
+// member for the post-mortem.
+func (t *tester) salvage(ctx context.Context, lg caseLog, round, index int, name string, res *CaseResult) {
+	c := t.cluster
+	hctx, cancel := context.WithTimeout(ctx, healTimeout)
+	defer cancel()
+	if err := c.Heal(hctx); err != nil {
+		lg.Errorf("healing what is left: %v", err)
+		res.Error += "; heal: " + err.Error()
+	}
+	label := fmt.Sprintf("round%d_case%d_%s", round, index, name)
+	dirs, err := c.Archive(hctx, label)
+	res.Archives = dirs
+	if err != nil {
+		lg.Errorf("archive: %v", err)
+		res.Error += "; archive: " + err.Error()
+	}
+	lg.Infof("archived: %v", dirs)
+}
