@@ -86,7 +86,7 @@ func (fc faultCase) Describe() string { return fc.f.describe() + " " + fc.t.desc
 
 func (fc faultCase) Requires(env Env) error {
 	if n := fc.t.minMembers(); env.Members < n {
-		return fmt.Errorf("needs at least %d members to have a %s; there are %d agents", n, strings.ToLower(strings.ReplaceAll(fc.t.suffix(), "_", " ")), env.Members)
+		return fmt.Errorf("needs at least %d members for a %s target; there are %d agents", n, strings.ToLower(strings.ReplaceAll(fc.t.suffix(), "_", " ")), env.Members)
 	}
 	return fc.f.requires(env)
 }
@@ -305,7 +305,7 @@ type untilSnapshot struct {
 
 func (u untilSnapshot) Name() string { return u.Case.Name() + "_UNTIL_TRIGGER_SNAPSHOT" }
 func (u untilSnapshot) Describe() string {
-	return u.Case.Describe() + fmt.Sprintf(" keeping it down until the others have moved %d revisions (snapshot count + catch-up entries)", u.entries)
+	return u.Case.Describe() + fmt.Sprintf("; the fault is held until the others have moved %d revisions (snapshot count + catch-up entries)", u.entries)
 }
 func (u untilSnapshot) Requires(env Env) error {
 	if r, ok := u.Case.(requirer); ok {
