@@ -3,6 +3,16 @@
 // backends stand behind one interface: the kernel packet filter (iptables,
 // needs CAP_NET_ADMIN) and a TCP proxy of the agent's own in front of the
 // member's peer port (no privileges needed).
+//
+// Only the proxy implements Delayer: latency in the kernel would need the
+// netem qdisc, which not every kernel has, while the proxy delays in user
+// space anywhere. The backends isolate differently. IPTables drops packets
+// to and from the port in both directions, so every connection of the
+// member that uses the port stalls, including ones it dialled to other
+// members' identical ports. The proxy sees only connections dialled to its
+// own listen port; a member's connections to the other members go through
+// their proxies, so a full partition with the proxy backend needs the other
+// members' proxies blackholed too.
 package netfault
 
 import "time"
@@ -22,6 +32,9 @@ type Isolator interface {
 
 // Delayer adds latency to a member's peer traffic.
 type Delayer interface {
+	// SetLatency delays data by latency ± jitter (uniformly random), with
+	// 0 ≤ jitter ≤ latency ≤ wire.MaxLatency, without reordering it.
 	SetLatency(latency, jitter time.Duration) error
+	// RemoveLatency stops delaying data.
 	RemoveLatency() error
 }
