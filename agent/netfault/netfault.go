@@ -6,13 +6,14 @@
 //
 // Only the proxy implements Delayer: latency in the kernel would need the
 // netem qdisc, which not every kernel has, while the proxy delays in user
-// space anywhere. The backends isolate differently. IPTables drops packets
-// to and from the port in both directions, so every connection of the
-// member that uses the port stalls, including ones it dialled to other
-// members' identical ports. The proxy sees only connections dialled to its
-// own listen port; a member's connections to the other members go through
-// their proxies, so a full partition with the proxy backend needs the other
-// members' proxies blackholed too.
+// space anywhere. The backends also isolate differently. IPTables drops
+// packets to and from the port in both directions, so every connection
+// that uses the port stalls: those dialled to the member and, when every
+// member listens on the same port number (one network namespace or host
+// each), those it dialled to the others. The proxy sees only connections
+// dialled to its own listen port; the connections the member dials to
+// other members go through their proxies and keep working while it is
+// blackholed, so the proxy's isolation is one-sided.
 package netfault
 
 import "time"
