@@ -144,11 +144,12 @@ func (m *metrics) handler() http.Handler {
 }
 
 // serve listens on addr and serves h until the returned stop is called;
-// stop shuts the server down and waits for it.
-func serve(addr string, h http.Handler) (stop func(), err error) {
+// stop shuts the server down and waits for it. bound is the address
+// listened on (addr may have port 0).
+func serve(addr string, h http.Handler) (stop func(), bound string, err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("-metrics-addr: %w", err)
+		return nil, "", fmt.Errorf("-metrics-addr: %w", err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
@@ -166,5 +167,5 @@ func serve(addr string, h http.Handler) (stop func(), err error) {
 			srv.Close()
 		}
 		<-done
-	}, nil
+	}, ln.Addr().String(), nil
 }

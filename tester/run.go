@@ -117,7 +117,7 @@ func (t *tester) run(ctx context.Context) (err error) {
 	}
 
 	if s.MetricsAddr != "" {
-		stop, err := serve(s.MetricsAddr, t.metrics.handler())
+		stop, _, err := serve(s.MetricsAddr, t.metrics.handler())
 		if err != nil {
 			return setupErr(err)
 		}
