@@ -108,9 +108,11 @@ func (f *fakeAgent) stop(ctx context.Context, method string, s wire.State) error
 	return f.do(ctx, method, func() error { f.st.State, f.st.Pid = s, 0; return nil })
 }
 
-func (f *fakeAgent) Stop(ctx context.Context) error    { return f.stop(ctx, "Stop", wire.StateStopped) }
-func (f *fakeAgent) Kill(ctx context.Context) error    { return f.stop(ctx, "Kill", wire.StateStopped) }
-func (f *fakeAgent) Cleanup(ctx context.Context) error { return f.stop(ctx, "Cleanup", wire.StateStopped) }
+func (f *fakeAgent) Stop(ctx context.Context) error { return f.stop(ctx, "Stop", wire.StateStopped) }
+func (f *fakeAgent) Kill(ctx context.Context) error { return f.stop(ctx, "Kill", wire.StateStopped) }
+func (f *fakeAgent) Cleanup(ctx context.Context) error {
+	return f.stop(ctx, "Cleanup", wire.StateStopped)
+}
 func (f *fakeAgent) Terminate(ctx context.Context) error {
 	return f.stop(ctx, "Terminate", wire.StateTerminated)
 }
