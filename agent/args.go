@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -20,6 +21,15 @@ const (
 // etcd write, archive or remove anything else on the host.
 var pathFlags = []string{"data-dir", "wal-dir"}
 
+// refusedFlags are etcd flags a caller may not pass: with --config-file
+// etcd reads its whole configuration from that file and ignores every
+// flag, the --data-dir the agent sets included.
+var refusedFlags = []string{"config-file"}
+
+// logOutputs are the --log-outputs targets that are not files; any other
+// target is a file etcd appends to, which must lie inside the base dir.
+var logOutputs = []string{"default", "stderr", "stdout", "systemd/journal"}
+
 // etcdArgs is etcd's argv (without argv[0]) with the values the agent
 // cares about looked up.
 type etcdArgs []string
@@ -27,22 +37,31 @@ type etcdArgs []string
 // lookup returns the value of --name or -name (as "--name v" or
 // "--name=v"), and whether it is present.
 func (a etcdArgs) lookup(name string) (string, bool) {
+	if vs := a.lookupAll(name); len(vs) > 0 {
+		return vs[0], true
+	}
+	return "", false
+}
+
+// lookupAll returns the value of every occurrence of --name or -name.
+func (a etcdArgs) lookupAll(name string) []string {
+	var vs []string
 	for i, arg := range a {
 		flag := strings.TrimLeft(arg, "-")
 		if len(arg)-len(flag) < 1 || len(arg)-len(flag) > 2 {
 			continue
 		}
 		if flag == name {
+			v := ""
 			if i+1 < len(a) {
-				return a[i+1], true
+				v = a[i+1]
 			}
-			return "", true
-		}
-		if v, ok := strings.CutPrefix(flag, name+"="); ok {
-			return v, true
+			vs = append(vs, v)
+		} else if v, ok := strings.CutPrefix(flag, name+"="); ok {
+			vs = append(vs, v)
 		}
 	}
-	return "", false
+	return vs
 }
 
 // validateArgs checks etcd's argv against the agent's limits and resolves
@@ -61,6 +80,21 @@ func validateArgs(baseDir string, args []string) (etcdArgs, error) {
 		}
 	}
 	out := etcdArgs(append([]string(nil), args...))
+	for _, name := range refusedFlags {
+		if _, ok := out.lookup(name); ok {
+			return nil, fmt.Errorf("--%s is not allowed: etcd would ignore every other flag, the agent's --data-dir included", name)
+		}
+	}
+	for _, v := range out.lookupAll("log-outputs") {
+		for _, target := range strings.Split(v, ",") {
+			if slices.Contains(logOutputs, target) {
+				continue
+			}
+			if _, err := insideBase(baseDir, target); err != nil {
+				return nil, fmt.Errorf("--log-outputs: %w", err)
+			}
+		}
+	}
 	for _, name := range pathFlags {
 		v, ok := out.lookup(name)
 		if !ok {
