@@ -420,7 +420,7 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 			fail("inject: %w", err)
 			return
 		}
-		lg.Infof("injected on %s; holding %v", strings.Join(res.Targets, ","), s.CaseDelay)
+		lg.Infof("injected on %s; holding %v", targetList(res.Targets), s.CaseDelay)
 		if err := sleep(ctx, s.CaseDelay); err != nil {
 			fail("holding the fault: %w", err)
 		}
@@ -464,11 +464,18 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 	if !res.Passed {
 		verdict = "FAIL"
 	}
-	lg.Infof("%s recovery %.2fs (targets %s) %s", verdict, res.RecoverySeconds, strings.Join(res.Targets, ","), stressLine)
+	lg.Infof("%s recovery %.2fs (targets %s) %s", verdict, res.RecoverySeconds, targetList(res.Targets), stressLine)
 	if !res.Passed && ctx.Err() == nil {
 		t.salvage(ctx, lg, round, index, name, &res)
 	}
 	return res
+}
+
+func targetList(ts []string) string {
+	if len(ts) == 0 {
+		return "none"
+	}
+	return strings.Join(ts, ",")
 }
 
 func joinErrs(errs []error) string {

@@ -1,0 +1,256 @@
+package tester_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/etcd-functional/functional/agent"
+	"github.com/etcd-functional/functional/agent/client"
+	"github.com/etcd-functional/functional/agent/wire"
+	"github.com/etcd-functional/functional/internal/etcdtest"
+	"github.com/etcd-functional/functional/tester"
+)
+
+// These tests run tester.Run in-process against real etcd-agents (served
+// on loopback by this process) running real etcd members. Every agent
+// shares the host, so the BLACKHOLE cases are out of reach here.
+
+type testAgents struct {
+	endpoints   []string
+	clientPorts []int
+	peerPorts   []int
+	agents      []*agent.Agent
+	clients     []client.Agent
+	stopServe   []func()
+	baseDirs    []string
+}
+
+func startAgents(t *testing.T, n int) *testAgents {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a real etcd cluster")
+	}
+	bin, err := etcdtest.Binary()
+	if err != nil {
+		t.Skip(err)
+	}
+	// The base dirs first: cleanups run last-in first-out, and the
+	// agents must stop before their dirs go.
+	dirs := make([]string, n)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+	}
+	ta := &testAgents{}
+	t.Cleanup(ta.close)
+	ports := freePorts(t, 3*n)
+	for i := range n {
+		dir := dirs[i]
+		a, err := agent.New(agent.Config{EtcdPath: bin, BaseDir: dir, NetworkFaults: agent.FaultsProxy,
+			SigtermWait: 10 * time.Second, SigintWait: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); a.Serve(ctx, ln, nil) }()
+		ta.stopServe = append(ta.stopServe, func() { cancel(); <-done })
+		ta.agents = append(ta.agents, a)
+		ta.baseDirs = append(ta.baseDirs, dir)
+		ep := ln.Addr().String()
+		ta.endpoints = append(ta.endpoints, ep)
+		c, err := client.New(ep, client.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ta.clients = append(ta.clients, c)
+		// The peer port and the one above it (the listen peer port
+		// behind the agent's proxy) must both be free.
+		ta.clientPorts = append(ta.clientPorts, ports[3*i])
+		ta.peerPorts = append(ta.peerPorts, ports[3*i+1])
+	}
+	return ta
+}
+
+func (ta *testAgents) close() {
+	for _, c := range ta.clients {
+		c.Close()
+	}
+	for _, s := range ta.stopServe {
+		s()
+	}
+	for _, a := range ta.agents {
+		a.Close()
+	}
+}
+
+// freePorts returns n/3 triplets of consecutive free ports: a member's
+// client port, peer port and listen peer port (peer + 1, behind the
+// agent's proxy).
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var out []int
+	for len(out) < n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		held := []net.Listener{ln}
+		for k := 1; k <= 2; k++ {
+			if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+k)); err == nil {
+				held = append(held, l)
+			}
+		}
+		for _, l := range held {
+			l.Close()
+		}
+		if len(held) == 3 && !slices.Contains(out, p) && !slices.Contains(out, p+1) && !slices.Contains(out, p+2) && !slices.Contains(out, p-1) {
+			out = append(out, p, p+1, p+2)
+		}
+	}
+	return out
+}
+
+func (ta *testAgents) config(t *testing.T) tester.Config {
+	cfg := tester.DefaultConfig()
+	cfg.AgentEndpoints = ta.endpoints
+	cfg.ClientPorts = ta.clientPorts
+	cfg.PeerPorts = ta.peerPorts
+	cfg.MetricsAddr = "127.0.0.1:0"
+	cfg.ReportDir = filepath.Join(t.TempDir(), "report")
+	cfg.CaseDelay = time.Second
+	cfg.Stresser.QPS = 300
+	cfg.Stresser.Clients = 20
+	cfg.Seed = 7
+	return cfg
+}
+
+type results struct {
+	Passed      bool    `json:"passed"`
+	Interrupted bool    `json:"interrupted"`
+	Seed        int64   `json:"seed"`
+	Error       string  `json:"error"`
+	Timeout     float64 `json:"recovery_timeout_seconds"`
+	Rounds      []struct {
+		Round           int                 `json:"round"`
+		CompactRevision int64               `json:"compact_revision"`
+		Cases           []tester.CaseResult `json:"cases"`
+	} `json:"rounds"`
+	Skipped  []tester.Skip `json:"skipped"`
+	Unhealed []string      `json:"unhealed"`
+}
+
+func readResults(t *testing.T, dir string) results {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, tester.ResultsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r results
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestRunRealCluster(t *testing.T) {
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	cfg.Cases = []string{
+		"SIGTERM_LEADER", "SIGKILL_ONE_FOLLOWER", "SIGSTOP_QUORUM", "SIGKILL_ALL",
+		"SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "SIGTERM_ONE_FOLLOWER_UNTIL_TRIGGER_SNAPSHOT",
+		"DELAY_PEER_PORT_TX_RX_LEADER", "RANDOM_DELAY_PEER_PORT_TX_RX_QUORUM",
+		"NO_FAIL_WITH_STRESS", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	err := tester.Run(ctx, cfg)
+	r := readResults(t, cfg.ReportDir)
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			t.Logf("%-45s passed=%v recovery=%.2fs first-write=%.2fs targets=%v err=%s", c.Case, c.Passed, c.RecoverySeconds, c.FirstWriteSeconds, c.Targets, c.Error)
+		}
+	}
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !r.Passed || r.Interrupted || r.Seed != 7 || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != len(cfg.Cases) {
+		t.Fatalf("results: %+v", r)
+	}
+	for _, c := range r.Rounds[0].Cases {
+		faulty := c.Case[:2] != "NO"
+		if faulty && (len(c.Targets) == 0 || c.InjectTime.IsZero() || c.RecoverTime.Before(c.InjectTime) || c.HealthyTime.Before(c.RecoverTime) || c.RecoverySeconds <= 0) {
+			t.Errorf("%s: targets %v, times %v %v %v", c.Case, c.Targets, c.InjectTime, c.RecoverTime, c.HealthyTime)
+		}
+	}
+	// The run terminated its cluster.
+	for i, c := range ta.clients {
+		st, err := c.Status(context.Background())
+		if err != nil || st.State != wire.StateTerminated {
+			t.Errorf("agent %d after the run: %v %v", i, st.State, err)
+		}
+	}
+}
+
+// Interrupting a run while a fault is held heals it and leaves the cluster
+// up, with an interrupted report.
+func TestRunInterruptedHeals(t *testing.T) {
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	cfg.Cases = []string{"SIGSTOP_QUORUM"}
+	cfg.CaseDelay = time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- tester.Run(ctx, cfg) }()
+
+	// Wait for the fault, then interrupt.
+	deadline := time.Now().Add(2 * time.Minute)
+	for paused := 0; paused < 2; {
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no quorum paused; Run: %v", <-errc)
+		}
+		time.Sleep(100 * time.Millisecond)
+		paused = 0
+		for _, c := range ta.clients {
+			if st, err := c.Status(ctx); err == nil && st.State == wire.StatePaused {
+				paused++
+			}
+		}
+	}
+	cancel()
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(time.Minute):
+		t.Fatal("Run did not return within a minute of the interrupt")
+	}
+	if !errors.Is(err, tester.ErrInterrupted) || tester.ExitCode(err) != 1 {
+		t.Fatalf("Run: %v (exit %d), want interrupted", err, tester.ExitCode(err))
+	}
+	for i, c := range ta.clients {
+		st, err := c.Status(context.Background())
+		if err != nil || st.State != wire.StateStarted {
+			t.Errorf("agent %d after the interrupt: %v %v; want etcd running (resumed)", i, st.State, err)
+		}
+	}
+	r := readResults(t, cfg.ReportDir)
+	if !r.Interrupted || r.Passed || len(r.Unhealed) != 0 || len(r.Rounds) != 1 || r.Rounds[0].Cases[0].Passed {
+		t.Errorf("report: %+v", r)
+	}
+	fmt.Fprintln(os.Stderr, "interrupted report:", r.Error)
+}
