@@ -21,9 +21,12 @@ type process struct {
 	adopted   bool
 }
 
-// startProcess runs bin with args, output appended to logPath, in its own
-// process group so that a Ctrl-C meant for the agent does not reach etcd
-// (the agent stops etcd itself, gracefully).
+// startProcess runs bin with args, output appended to logPath, in a session
+// (and so a process group) of its own: a Ctrl-C meant for the agent does not
+// reach etcd (the agent stops etcd itself, gracefully), and when the agent
+// dies while etcd is paused, etcd's process group is not an orphaned group
+// of the agent's session, to which the kernel would send SIGHUP (which kills
+// etcd) and SIGCONT: a paused etcd must stay paused for the next agent.
 func startProcess(bin string, args []string, dir, logPath string) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -33,7 +36,7 @@ func startProcess(bin string, args []string, dir, logPath string) (*process, err
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("exec %s: %w", bin, err)
 	}
