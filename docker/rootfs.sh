@@ -78,13 +78,11 @@ put() {
 	cp -L --preserve=mode "$src" "$out$dest"
 }
 
-# libs_of FILE...: the shared libraries the files need, as host paths, from
-# one ldd call. ldd prints "FILE:" before each file's list when given several,
-# "name => /path (addr)" for a library and "/path (addr)" for the loader; a
-# library "not found" is fatal.
-libs_of() {
-	local line out
-	out=$(ldd "$@") || die "ldd failed on one of: $*"
+# parse_ldd: the library paths in ldd output on stdin. ldd prints "FILE:"
+# before each file's list when given several, "name => /path (addr)" for a
+# library and "/path (addr)" for the loader; "not found" is fatal.
+parse_ldd() {
+	local line
 	while IFS= read -r line; do
 		case $line in
 		*"not found"*) die "ldd: $line" ;;
@@ -95,7 +93,14 @@ libs_of() {
 		esac
 		line=${line%% (*}
 		echo "${line#"${line%%[![:space:]]*}"}"
-	done <<<"$out" | sort -u
+	done | sort -u
+}
+
+# libs_of FILE...: the shared libraries the files need, as host paths.
+libs_of() {
+	local listing
+	listing=$(ldd "$@") || die "ldd failed on one of: $*"
+	parse_ldd <<<"$listing"
 }
 
 mkdir -p "$out"/usr/{bin,sbin,lib,lib64} "$out"/etc "$out"/run "$out"/data "$out"/report "$out"/var
@@ -134,8 +139,16 @@ extdest=${extdest%/x}
 mkdir -p "$out$extdest"
 cp -a "$extdir/." "$out$extdest/"
 
-mapfile -t exts < <(find "$extdir" -name '*.so' -type f)
-libs=$(libs_of "$xtables" "${exts[@]}")
+# What the extensions need: one run of the loader with all of them preloaded
+# lists everything (0.1 s; ldd takes ~0.05 s per file, and there are ~120),
+# with the per-file ldd as the fallback for a loader without --preload.
+mapfile -t exts < <(find "$extdir" -name '*.so' -type f | sort)
+loader=$(grep -m1 '/ld-' <<<"$xlibs") || true
+if [[ -n $loader ]] && listing=$("$loader" --preload "${exts[*]}" --list "$xtables" 2>/dev/null); then
+	libs=$( (echo "$xlibs" && parse_ldd <<<"$listing") | grep -v "^$extdir/" | sort -u)
+else
+	libs=$(libs_of "$xtables" "${exts[@]}")
+fi
 while IFS= read -r lib; do
 	put "$lib"
 done <<<"$libs"
