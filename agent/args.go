@@ -148,8 +148,11 @@ func (a etcdArgs) without(name string) etcdArgs {
 	return out
 }
 
+// with puts --name=value first: at the end it could become the value of
+// a trailing flag that lacks one ("--initial-cluster-token"), and etcd
+// would fall back to its default for name.
 func (a etcdArgs) with(name, value string) etcdArgs {
-	return append(a, "--"+name+"="+value)
+	return append(etcdArgs{"--" + name + "=" + value}, a...)
 }
 
 // dataDir is the resolved --data-dir (validateArgs always sets it).
