@@ -39,6 +39,9 @@ const (
 	memberCallTimeout = 2 * time.Second
 	// healthPollInterval is the granularity of measured recovery times.
 	healthPollInterval = 100 * time.Millisecond
+	// minBootstrapTimeout is the least a new cluster gets to become
+	// healthy: forming one is not what a short -recovery-timeout measures.
+	minBootstrapTimeout = 30 * time.Second
 )
 
 // Member is one etcd member and the agent that runs it.
@@ -298,7 +301,7 @@ func (c *Cluster) Bootstrap(ctx context.Context) error {
 		}
 		plog.Infof("started %s (pid %d) on agent %s: client %s, peer %s (listening on %s)", m.Name, pid, m.agent.Endpoint(), m.ClientURL, m.PeerURL, m.ListenPeerURL)
 	}
-	if err := c.WaitHealthy(ctx, c.cfg.RecoveryTimeout); err != nil {
+	if err := c.WaitHealthy(ctx, max(c.cfg.RecoveryTimeout, minBootstrapTimeout)); err != nil {
 		dirs, aerr := c.Archive(context.WithoutCancel(ctx), fmt.Sprintf("bootstrap%d_unhealthy", c.boots))
 		return fmt.Errorf("bootstrap: %w (member data archived: %v%s)", err, dirs, errSuffix(aerr))
 	}

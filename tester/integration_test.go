@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -253,4 +254,42 @@ func TestRunInterruptedHeals(t *testing.T) {
 		t.Errorf("report: %+v", r)
 	}
 	fmt.Fprintln(os.Stderr, "interrupted report:", r.Error)
+}
+
+// A case that fails (here: recovery cannot fit in 200ms after the leader
+// is killed) is recovered all the same, every member is archived under the
+// case's label, and the run goes on with a new cluster.
+func TestRunFailedCaseArchivesAndGoesOn(t *testing.T) {
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	cfg.Cases = []string{"SIGKILL_LEADER", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS"}
+	cfg.RecoveryTimeout = 200 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	err := tester.Run(ctx, cfg)
+	if !errors.Is(err, tester.ErrFailed) || tester.ExitCode(err) != 1 {
+		t.Fatalf("Run: %v (exit %d), want a failed run", err, tester.ExitCode(err))
+	}
+	r := readResults(t, cfg.ReportDir)
+	if r.Passed || r.Interrupted || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != 2 {
+		t.Fatalf("results: %+v", r)
+	}
+	failed, next := r.Rounds[0].Cases[0], r.Rounds[0].Cases[1]
+	if failed.Passed || !strings.Contains(failed.Error, "not healthy after") || len(failed.Targets) != 1 {
+		t.Errorf("failed case: passed %v, error %q, targets %v", failed.Passed, failed.Error, failed.Targets)
+	}
+	if len(failed.Archives) != 3 {
+		t.Fatalf("archives %v, want one per member", failed.Archives)
+	}
+	for name, dir := range failed.Archives {
+		if !strings.Contains(dir, "round1_case1_SIGKILL_LEADER") {
+			t.Errorf("%s archived in %s, want the case's label in the name", name, dir)
+		}
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("%s archive: %v", name, err)
+		}
+	}
+	if !next.Passed {
+		t.Errorf("the case after the failure, on a new cluster: %q", next.Error)
+	}
 }

@@ -173,6 +173,27 @@ func (r *Report) summary(w io.Writer) {
 	}
 }
 
+// failures counts the failed cases and rounds, for the run's error.
+func (r *Report) failures() string {
+	cases, failed, rounds := 0, 0, 0
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			cases++
+			if !c.Passed {
+				failed++
+			}
+		}
+		if rd.Error != "" {
+			rounds++
+		}
+	}
+	s := fmt.Sprintf("%d of %d cases failed", failed, cases)
+	if rounds > 0 {
+		s += fmt.Sprintf(", %d rounds' compaction or defragmentation failed", rounds)
+	}
+	return s
+}
+
 func seconds(s float64, known bool) string {
 	if !known {
 		return "-"

@@ -329,6 +329,9 @@ func (t *tester) finish(ctx context.Context, runErr error, failed bool) error {
 	}
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), healTimeout)
 	defer cancel()
+	if fs := t.cluster.Faults(); len(fs) > 0 {
+		plog.Noticef("healing the faults still injected: %s", strings.Join(fs, "; "))
+	}
 	if err := t.cluster.Heal(hctx); err != nil {
 		plog.Errorf("healing the injected faults: %v", err)
 		if runErr == nil {
@@ -345,7 +348,7 @@ func (t *tester) finish(ctx context.Context, runErr error, failed bool) error {
 		runErr = fmt.Errorf("%w: %v", ErrInterrupted, runErr)
 	}
 	if runErr == nil && failed {
-		runErr = ErrFailed
+		runErr = fmt.Errorf("%w: %s", ErrFailed, t.report.failures())
 	}
 	t.report.Interrupted = interrupted
 	t.report.Passed = runErr == nil
@@ -464,7 +467,11 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 	if !res.Passed {
 		verdict = "FAIL"
 	}
-	lg.Infof("%s recovery %.2fs (targets %s) %s", verdict, res.RecoverySeconds, targetList(res.Targets), stressLine)
+	recovery := fmt.Sprintf("recovery %.2fs", res.RecoverySeconds)
+	if res.HealthyTime.IsZero() {
+		recovery = "not recovered"
+	}
+	lg.Infof("%s %s (targets %s) %s", verdict, recovery, targetList(res.Targets), stressLine)
 	if !res.Passed && ctx.Err() == nil {
 		t.salvage(ctx, lg, round, index, name, &res)
 	}
