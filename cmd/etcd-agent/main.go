@@ -55,12 +55,13 @@ func run() error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", normalizePort(*port))
+	addr := normalizePort(*port)
+	_, portNum, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("-port %s: %w", *port, err)
+		return fmt.Errorf("-port %q: want \":9027\" or \"host:port\": %w", *port, err)
 	}
 	if cfg.IPTablesChain == "" {
-		cfg.IPTablesChain = "ETCD-AGENT-" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+		cfg.IPTablesChain = "ETCD-AGENT-" + portNum
 	}
 	if cfg.Token, err = secret.ReadToken(*tokenFile); err != nil {
 		return err
@@ -69,10 +70,17 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	// Recover first, listen after: a caller that can connect finds the
+	// leftovers of a crashed predecessor already cleared.
 	a, err := agent.New(cfg)
 	if err != nil {
-		ln.Close()
 		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		// Not Close: an etcd adopted from the record keeps running for
+		// the next agent to take over.
+		return fmt.Errorf("-port %s: %w", *port, err)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
