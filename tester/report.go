@@ -64,7 +64,8 @@ type CaseResult struct {
 	RecoverySeconds   float64 `json:"recovery_seconds"`
 	FirstWriteSeconds float64 `json:"first_write_seconds"`
 	// Stress is the load of the case, from start (or resume) to the
-	// pause after recovery; nil for cases run without load.
+	// pause after recovery; nil for cases run without load. Its
+	// per-second series is kept for failed cases only.
 	Stress *stresser.Stats `json:"stress,omitempty"`
 	// Archives maps each member to the directory its agent archived its
 	// data and log in after the case failed.
