@@ -17,6 +17,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/agent/wire"
@@ -42,6 +44,9 @@ const (
 	// minBootstrapTimeout is the least a new cluster gets to become
 	// healthy: forming one is not what a short -recovery-timeout measures.
 	minBootstrapTimeout = 30 * time.Second
+	// unhealthyLogInterval is how often WaitHealthy logs what it waits
+	// for.
+	unhealthyLogInterval = 2 * time.Second
 )
 
 // Member is one etcd member and the agent that runs it.
@@ -108,8 +113,18 @@ func newCluster(s *settings, agents []client.Agent) (*Cluster, error) {
 			m.ListenPeerURL = "http://" + net.JoinHostPort(host, strconv.Itoa(s.PeerPorts[i]+1))
 		}
 		// The dial does not block: a member that is down costs failed
-		// requests, which is what the health checks want to see.
-		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.ClientURL}, Logger: zap.NewNop()})
+		// requests, which is what the health checks want to see. gRPC's
+		// default reconnect backoff grows to minutes; a member back up
+		// must be seen within a poll, or recovery times measure the
+		// backoff.
+		cli, err := clientv3.New(clientv3.Config{
+			Endpoints: []string{m.ClientURL},
+			Logger:    zap.NewNop(),
+			DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: healthPollInterval},
+				MinConnectTimeout: memberCallTimeout,
+			})},
+		})
 		if err != nil {
 			c.Close()
 			return nil, fmt.Errorf("client for %s at %s: %w", m.Name, m.ClientURL, err)
@@ -419,10 +434,16 @@ func (c *Cluster) healthOnce(ctx context.Context) map[string]string {
 func (c *Cluster) WaitHealthy(ctx context.Context, timeout time.Duration) error {
 	start := time.Now()
 	deadline := start.Add(timeout)
+	lastLog := start
 	for {
 		reasons := c.healthOnce(ctx)
 		if len(reasons) == 0 {
 			return nil
+		}
+		// A slow recovery says what it waits for now and then.
+		if time.Since(lastLog) >= unhealthyLogInterval {
+			lastLog = time.Now()
+			plog.Infof("waiting for the cluster: %v", &UnhealthyError{time.Since(start), reasons})
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("%w (%v)", ctx.Err(), &UnhealthyError{time.Since(start), reasons})

@@ -148,10 +148,17 @@ func (t *tester) run(ctx context.Context) (err error) {
 	if err := t.setup(ctx); err != nil {
 		t.report.Error = err.Error()
 		t.report.Finished = time.Now()
+		if ctx.Err() != nil {
+			// Interrupted while setting up: not bad input.
+			err = fmt.Errorf("%w during setup: %v", ErrInterrupted, err)
+			t.report.Interrupted = true
+		} else {
+			err = setupErr(err)
+		}
 		if werr := t.report.write(s.ReportDir); werr != nil {
 			plog.Errorf("%v", werr)
 		}
-		return setupErr(err)
+		return err
 	}
 	return t.rounds(ctx)
 }

@@ -32,7 +32,7 @@ func main() {
 		os.Exit(0)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "etcd-tester: %v\n", err)
+		fmt.Fprintf(os.Stderr, "etcd-tester: %s\n", oneLine(err))
 		os.Exit(tester.ExitSetup)
 	}
 	if opts.listCases {
@@ -65,10 +65,13 @@ func main() {
 	err = tester.Run(ctx, cfg)
 	signal.Stop(sigs)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "etcd-tester: %v\n", err)
+		fmt.Fprintf(os.Stderr, "etcd-tester: %s (exit status %d)\n", oneLine(err), tester.ExitCode(err))
 	}
 	os.Exit(tester.ExitCode(err))
 }
+
+// oneLine puts the several problems of a joined error on one line.
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
 
 type options struct {
 	listCases bool
