@@ -430,13 +430,19 @@ func (c *Cluster) healthOnce(ctx context.Context) map[string]string {
 
 // WaitHealthy polls until every member is healthy and they agree on one
 // leader, or timeout has passed: then it returns an *UnhealthyError with
-// each unhealthy member and why.
+// each unhealthy member and why. Polls are a healthPollInterval apart.
+// Clusters can be healthy but not answering in time to the members' poll
+// with a timeout of a few milliseconds; such a timeout fails.
 func (c *Cluster) WaitHealthy(ctx context.Context, timeout time.Duration) error {
 	start := time.Now()
 	deadline := start.Add(timeout)
 	lastLog := start
 	for {
-		reasons := c.healthOnce(ctx)
+		// A poll is cut at the deadline: healthy means seen healthy in
+		// time, not answered in time by a poll begun in time.
+		pctx, cancel := context.WithDeadline(ctx, deadline)
+		reasons := c.healthOnce(pctx)
+		cancel()
 		if len(reasons) == 0 {
 			return nil
 		}

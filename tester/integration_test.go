@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -140,18 +141,14 @@ func (ta *testAgents) config(t *testing.T) tester.Config {
 }
 
 type results struct {
-	Passed      bool    `json:"passed"`
-	Interrupted bool    `json:"interrupted"`
-	Seed        int64   `json:"seed"`
-	Error       string  `json:"error"`
-	Timeout     float64 `json:"recovery_timeout_seconds"`
-	Rounds      []struct {
-		Round           int                 `json:"round"`
-		CompactRevision int64               `json:"compact_revision"`
-		Cases           []tester.CaseResult `json:"cases"`
-	} `json:"rounds"`
-	Skipped  []tester.Skip `json:"skipped"`
-	Unhealed []string      `json:"unhealed"`
+	Passed      bool                 `json:"passed"`
+	Interrupted bool                 `json:"interrupted"`
+	Seed        int64                `json:"seed"`
+	Error       string               `json:"error"`
+	Timeout     float64              `json:"recovery_timeout_seconds"`
+	Rounds      []tester.RoundResult `json:"rounds"`
+	Skipped     []tester.Skip        `json:"skipped"`
+	Unhealed    []string             `json:"unhealed"`
 }
 
 func readResults(t *testing.T, dir string) results {
@@ -176,6 +173,7 @@ func TestRunRealCluster(t *testing.T) {
 		"DELAY_PEER_PORT_TX_RX_LEADER", "RANDOM_DELAY_PEER_PORT_TX_RX_QUORUM",
 		"NO_FAIL_WITH_STRESS", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS",
 	}
+	cfg.DefragInterval = 1
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	err := tester.Run(ctx, cfg)
@@ -190,6 +188,9 @@ func TestRunRealCluster(t *testing.T) {
 	}
 	if !r.Passed || r.Interrupted || r.Seed != 7 || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != len(cfg.Cases) {
 		t.Fatalf("results: %+v", r)
+	}
+	if !r.Rounds[0].Defragmented {
+		t.Error("round 1 of -defrag-interval 1 not defragmented")
 	}
 	for _, c := range r.Rounds[0].Cases {
 		faulty := c.Case[:2] != "NO"
@@ -256,14 +257,32 @@ func TestRunInterruptedHeals(t *testing.T) {
 	fmt.Fprintln(os.Stderr, "interrupted report:", r.Error)
 }
 
-// A case that fails (here: recovery cannot fit in 200ms after the leader
-// is killed) is recovered all the same, every member is archived under the
-// case's label, and the run goes on with a new cluster.
+// restartFails is a real agent whose Restart fails the first time, as an
+// agent that cannot be reached would.
+type restartFails struct {
+	client.Agent
+	failed *atomic.Bool
+}
+
+func (r restartFails) Restart(ctx context.Context) (int, error) {
+	if r.failed.CompareAndSwap(false, true) {
+		return 0, fmt.Errorf("agent %s: Restart: unreachable for 30s: dial: connection refused", r.Endpoint())
+	}
+	return r.Agent.Restart(ctx)
+}
+
+// A case that fails (its recovery cannot reach an agent) is recovered all
+// the same as soon as the agent answers, every member is archived under
+// the case's label, and the run goes on with a new cluster.
 func TestRunFailedCaseArchivesAndGoesOn(t *testing.T) {
 	ta := startAgents(t, 3)
 	cfg := ta.config(t)
-	cfg.Cases = []string{"SIGKILL_LEADER", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS"}
-	cfg.RecoveryTimeout = 200 * time.Millisecond
+	cfg.Cases = []string{"SIGKILL_ONE_FOLLOWER", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS"}
+	var failed atomic.Bool
+	cfg.DialAgent = func(ep string) (client.Agent, error) {
+		a, err := client.New(ep, client.Config{})
+		return restartFails{a, &failed}, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	err := tester.Run(ctx, cfg)
@@ -271,18 +290,18 @@ func TestRunFailedCaseArchivesAndGoesOn(t *testing.T) {
 		t.Fatalf("Run: %v (exit %d), want a failed run", err, tester.ExitCode(err))
 	}
 	r := readResults(t, cfg.ReportDir)
-	if r.Passed || r.Interrupted || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != 2 {
+	if r.Passed || r.Interrupted || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != 2 || len(r.Unhealed) != 0 {
 		t.Fatalf("results: %+v", r)
 	}
-	failed, next := r.Rounds[0].Cases[0], r.Rounds[0].Cases[1]
-	if failed.Passed || !strings.Contains(failed.Error, "not healthy after") || len(failed.Targets) != 1 {
-		t.Errorf("failed case: passed %v, error %q, targets %v", failed.Passed, failed.Error, failed.Targets)
+	bad, next := r.Rounds[0].Cases[0], r.Rounds[0].Cases[1]
+	if bad.Passed || !strings.Contains(bad.Error, "recover: heal stopped of "+bad.Targets[0]) || !strings.Contains(bad.Error, "unreachable") {
+		t.Errorf("failed case: passed %v, error %q, targets %v", bad.Passed, bad.Error, bad.Targets)
 	}
-	if len(failed.Archives) != 3 {
-		t.Fatalf("archives %v, want one per member", failed.Archives)
+	if len(bad.Archives) != 3 {
+		t.Fatalf("archives %v, want one per member", bad.Archives)
 	}
-	for name, dir := range failed.Archives {
-		if !strings.Contains(dir, "round1_case1_SIGKILL_LEADER") {
+	for name, dir := range bad.Archives {
+		if !strings.Contains(dir, "round1_case1_SIGKILL_ONE_FOLLOWER") {
 			t.Errorf("%s archived in %s, want the case's label in the name", name, dir)
 		}
 		if _, err := os.Stat(dir); err != nil {
