@@ -249,6 +249,8 @@ func (c *serverCodec) Close() error {
 var errRequestTooLarge = errors.New("request too large")
 
 // limitedReader fails once more than limit bytes were read since reset.
+// No read goes past limit+1: one read may return a whole large request,
+// which would then be decoded without the next read ever failing.
 type limitedReader struct {
 	r     io.Reader
 	n     int64
@@ -260,6 +262,9 @@ func (l *limitedReader) reset() { l.n = 0 }
 func (l *limitedReader) Read(p []byte) (int, error) {
 	if l.n > l.limit {
 		return 0, fmt.Errorf("%w: over %d bytes", errRequestTooLarge, l.limit)
+	}
+	if room := l.limit + 1 - l.n; int64(len(p)) > room {
+		p = p[:room]
 	}
 	n, err := l.r.Read(p)
 	l.n += int64(n)
