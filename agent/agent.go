@@ -96,7 +96,8 @@ type Agent struct {
 	isolator netfault.Isolator // the iptables backend; nil with the proxy backend
 	backend  string
 
-	op sync.Mutex // serialises operations; a stop can take seconds
+	op     sync.Mutex // serialises operations; a stop can take seconds
+	closed bool       // set by Close under op: later operations are refused
 
 	mu               sync.Mutex // guards the fields below; held briefly
 	proc             *process
@@ -296,6 +297,7 @@ func (a *Agent) recover() error {
 func (a *Agent) Close() error {
 	a.op.Lock()
 	defer a.op.Unlock()
+	a.closed = true
 	var errs []error
 	if err := a.healNetwork(); err != nil {
 		errs = append(errs, err)
@@ -316,6 +318,22 @@ func (a *Agent) Close() error {
 	a.save()
 	a.mu.Unlock()
 	return errors.Join(errs...)
+}
+
+// errClosed refuses an operation after Close. Serve does not cut RPC
+// connections that are open when it returns, and a call on one of them
+// must not start an etcd or add a fault once the agent has stopped etcd
+// and healed the network for good: its process is about to exit.
+var errClosed = errors.New("etcd-agent is shutting down")
+
+// lockOp takes a.op for an operation, unless the agent is closed.
+func (a *Agent) lockOp() error {
+	a.op.Lock()
+	if a.closed {
+		a.op.Unlock()
+		return errClosed
+	}
+	return nil
 }
 
 func (a *Agent) ladder() []stopStep {
@@ -344,7 +362,9 @@ func (a *Agent) currentStateLocked() wire.State {
 
 // Start starts etcd with args and returns its pid.
 func (a *Agent) Start(args []string) (int, error) {
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return 0, err
+	}
 	defer a.op.Unlock()
 	v, err := validateArgs(a.cfg.BaseDir, args)
 	if err != nil {
@@ -422,7 +442,9 @@ func (a *Agent) ensureProxy() error {
 // Stop stops etcd gracefully: SIGTERM, SIGINT, SIGKILL, each after the
 // configured wait.
 func (a *Agent) Stop() error {
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	p, err := a.runningLocked()
@@ -454,7 +476,9 @@ func (a *Agent) stop(p *process, steps []stopStep) error {
 // Restart starts etcd again with the arguments of the last start and the
 // data it left.
 func (a *Agent) Restart() (int, error) {
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return 0, err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	args, state := a.args, a.currentStateLocked()
@@ -470,7 +494,9 @@ func (a *Agent) Restart() (int, error) {
 
 // Kill sends SIGKILL at once: a crash.
 func (a *Agent) Kill() error {
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	p, err := a.runningLocked()
@@ -492,7 +518,9 @@ func (a *Agent) Resume() error {
 }
 
 func (a *Agent) pauseOrResume(sig syscall.Signal, from, to wire.State) error {
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -522,7 +550,9 @@ func (a *Agent) Archive(label string) (string, error) {
 	if label != "" && !validLabel.MatchString(label) {
 		return "", fmt.Errorf("archive label %q: want 1 to 100 characters of A-Z a-z 0-9 _ . - not starting with a dot", label)
 	}
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return "", err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	p, args := a.proc, a.args
@@ -597,7 +627,9 @@ func (a *Agent) archiveDir(label string) (string, error) {
 // Terminate stops etcd and removes its data. It is not an error if etcd
 // is not running, so that a tester can clear what an earlier run left.
 func (a *Agent) Terminate() error {
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	p, args := a.proc, a.args
@@ -658,7 +690,9 @@ func (a *Agent) DropPort(port int) error {
 	if err := checkPort(port); err != nil {
 		return err
 	}
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -682,7 +716,9 @@ func (a *Agent) RecoverPort(port int) error {
 	if err := checkPort(port); err != nil {
 		return err
 	}
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -727,7 +763,9 @@ func (a *Agent) SetLatency(latency, jitter time.Duration) error {
 	if jitter < 0 || jitter > latency {
 		return fmt.Errorf("latency jitter %v: want 0..%v (at most the latency)", jitter, latency)
 	}
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -744,7 +782,9 @@ func (a *Agent) SetLatency(latency, jitter time.Duration) error {
 
 // RemoveLatency removes the added latency.
 func (a *Agent) RemoveLatency() error {
-	a.op.Lock()
+	if err := a.lockOp(); err != nil {
+		return err
+	}
 	defer a.op.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
