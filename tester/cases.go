@@ -44,6 +44,12 @@ type requirer interface{ Requires(env Env) error }
 // stressChooser is implemented by cases that run without load.
 type stressChooser interface{ Stress() bool }
 
+// holder is implemented by cases that watch the cluster while the fault is
+// held, instead of only waiting.
+type holder interface {
+	Hold(ctx context.Context, c *Cluster, d time.Duration) error
+}
+
 // statsChecker is implemented by cases that judge the load of their round.
 type statsChecker interface {
 	StressChecker(stats stresser.Stats) Checker
@@ -348,11 +354,36 @@ func (n noFail) Name() string {
 }
 func (n noFail) Describe() string {
 	if n.stress {
-		return fmt.Sprintf("no fault, load only; fails on any unexpected stress error or failures over %.0f%% of the requests asked", n.budget*100)
+		return fmt.Sprintf("no fault, load only; the cluster must stay healthy throughout, with no unexpected stress error and failures under %.0f%% of the requests asked", n.budget*100)
 	}
-	return "no fault, no load; the cluster must stay healthy"
+	return "no fault, no load; the cluster must stay healthy throughout (polled every 500ms)"
 }
-func (n noFail) Stress() bool                                  { return n.stress }
+func (n noFail) Stress() bool { return n.stress }
+
+// Hold watches the cluster while nothing is injected: it must stay
+// healthy. Two unhealthy polls in a row fail the case; one may be a slow
+// disk under the poll's short timeout.
+func (n noFail) Hold(ctx context.Context, c *Cluster, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	bad := 0
+	for time.Now().Before(deadline) {
+		if reasons := c.healthOnce(ctx); len(reasons) > 0 && ctx.Err() == nil {
+			if bad++; bad >= 2 {
+				return fmt.Errorf("unhealthy with no fault injected: %v", &UnhealthyError{d - time.Until(deadline), reasons})
+			}
+		} else {
+			bad = 0
+		}
+		if err := sleep(ctx, min(livenessPollInterval, max(time.Until(deadline), 0))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// livenessPollInterval is how often the no-fault cases look at the cluster.
+const livenessPollInterval = 500 * time.Millisecond
+
 func (n noFail) Inject(context.Context, *Cluster) error        { return nil }
 func (n noFail) Recover(ctx context.Context, c *Cluster) error { return c.Heal(ctx) }
 func (n noFail) StressChecker(s stresser.Stats) Checker {

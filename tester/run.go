@@ -431,7 +431,11 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 			return
 		}
 		lg.Infof("injected on %s; holding %v", targetList(res.Targets), s.CaseDelay)
-		if err := sleep(ctx, s.CaseDelay); err != nil {
+		hold := func(ctx context.Context, _ *Cluster, d time.Duration) error { return sleep(ctx, d) }
+		if h, ok := cs.(holder); ok {
+			hold = h.Hold
+		}
+		if err := hold(ctx, c, s.CaseDelay); err != nil {
 			fail("holding the fault: %w", err)
 		}
 	}()
