@@ -87,6 +87,9 @@ const (
 	// startCheck is how long Start watches a new process for an immediate
 	// exit (bad flags, port in use), so that the caller gets the reason.
 	startCheck = 300 * time.Millisecond
+	// pauseWait bounds how long Pause waits for every thread of etcd to
+	// stop after SIGSTOP.
+	pauseWait = 5 * time.Second
 )
 
 // Agent manages one etcd process. Its methods are the RPCs of package wire;
@@ -523,20 +526,25 @@ func (a *Agent) pauseOrResume(sig syscall.Signal, from, to wire.State) error {
 	}
 	defer a.op.Unlock()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	p, err := a.runningLocked()
+	if err == nil && a.state != from {
+		err = fmt.Errorf("etcd is %s, not %s", a.state, from)
+	}
+	if err == nil {
+		err = p.signal(sig)
+	}
 	if err != nil {
-		return err
-	}
-	if a.state != from {
-		return fmt.Errorf("etcd is %s, not %s", a.state, from)
-	}
-	if err := p.signal(sig); err != nil {
+		a.mu.Unlock()
 		return err
 	}
 	a.state = to
 	a.save()
+	a.mu.Unlock()
 	plog.Infof("sent %s to etcd pid %d", signalName(sig), p.pid)
+	if sig == syscall.SIGSTOP {
+		// Return once the fault is in place, not when it was asked for.
+		return p.waitStopped(pauseWait)
+	}
 	return nil
 }
 

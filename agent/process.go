@@ -129,6 +129,51 @@ func procStat(pid int) ([]string, error) {
 	return strings.Fields(s[i+1:]), nil
 }
 
+// waitStopped waits, for at most timeout, until every thread of the
+// process has stopped after a SIGSTOP. The kernel stops each thread when it
+// next runs, not when the signal is sent, and etcd answers requests until
+// its last thread has stopped.
+func (p *process) waitStopped(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		stopped, err := threadsStopped(p.pid)
+		switch {
+		case p.exited():
+			return fmt.Errorf("pid %d exited while being paused", p.pid)
+		case err == nil && stopped:
+			return nil
+		case time.Now().After(deadline):
+			return fmt.Errorf("pid %d: not every thread stopped %v after SIGSTOP (%v)", p.pid, timeout, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// threadsStopped reports whether every thread of pid is stopped (state T),
+// or gone.
+func threadsStopped(pid int) (bool, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "stat"))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // the thread exited
+		}
+		if err != nil {
+			return false, err
+		}
+		s := string(b)
+		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(fields) == 0 || (fields[0] != "T" && fields[0] != "Z" && fields[0] != "X") {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 func (p *process) exited() bool {
 	select {
 	case <-p.done:
