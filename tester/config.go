@@ -56,6 +56,9 @@ type Config struct {
 	RecoveryTimeout time.Duration
 	// CaseDelay is how long a fault is held before it is recovered.
 	CaseDelay time.Duration
+	// StressWarmup is how long the load runs before the fault, so that
+	// the fault hits a busy cluster rather than one still connecting.
+	StressWarmup time.Duration
 	// SnapshotCount and SnapshotCatchupEntries are passed to etcd; small
 	// values make the UNTIL_TRIGGER_SNAPSHOT cases short.
 	SnapshotCount, SnapshotCatchupEntries int
@@ -103,6 +106,7 @@ func DefaultConfig() Config {
 		ElectionTimeout:        time.Second,
 		RecoveryTimeout:        RecoveryElections * time.Second,
 		CaseDelay:              3 * time.Second,
+		StressWarmup:           time.Second,
 		SnapshotCount:          2000,
 		SnapshotCatchupEntries: 500,
 		DefragInterval:         10,
@@ -193,6 +197,9 @@ func (c Config) normalize() (*settings, error) {
 	}
 	if c.CaseDelay < 0 {
 		bad("-case-delay: %v; must be >= 0", c.CaseDelay)
+	}
+	if c.StressWarmup < 0 {
+		bad("-stress-warmup: %v; must be >= 0", c.StressWarmup)
 	}
 	if c.SnapshotCount <= 0 {
 		bad("-snapshot-count: %d; must be > 0", c.SnapshotCount)

@@ -420,6 +420,10 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 				return
 			}
 			stressed = true
+			if err := sleep(ctx, s.StressWarmup); err != nil {
+				fail("stress warm-up: %w", err)
+				return
+			}
 		}
 		lg.Infof("inject: %s", cs.Describe())
 		res.InjectTime = time.Now()

@@ -128,6 +128,7 @@ Flags:
 	fs.DurationVar(&cfg.ElectionTimeout, "election-timeout", def.ElectionTimeout, "etcd --election-timeout")
 	fs.DurationVar(&cfg.RecoveryTimeout, "recovery-timeout", 0, fmt.Sprintf("how long the cluster may take to be healthy after a fault is recovered (default %d × -election-timeout)", tester.RecoveryElections))
 	fs.DurationVar(&cfg.CaseDelay, "case-delay", def.CaseDelay, "how long a fault is held before it is recovered")
+	fs.DurationVar(&cfg.StressWarmup, "stress-warmup", def.StressWarmup, "how long the load runs before each fault is injected")
 	fs.IntVar(&cfg.SnapshotCount, "snapshot-count", def.SnapshotCount, "etcd --snapshot-count (small, so the UNTIL_TRIGGER_SNAPSHOT cases end soon)")
 	fs.IntVar(&cfg.SnapshotCatchupEntries, "snapshot-catchup-entries", def.SnapshotCatchupEntries, "etcd --snapshot-catchup-entries")
 	fs.Int64Var(&cfg.Seed, "seed", 0, "random seed of targets, random delays and load; the same seed replays a run (default: from the clock, printed at start)")
