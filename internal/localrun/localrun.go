@@ -87,6 +87,11 @@ func Run(ctx context.Context, cfg Config, interrupt <-chan os.Signal) (status in
 	mode, why := cfg.chooseMode()
 	plog.Infof("mode %s: %s", mode, why)
 	cleanLeftovers(cfg)
+	if mode == ModeLoopback {
+		if err := checkPortsFree(cfg.Hosts); err != nil {
+			return 2, err
+		}
+	}
 	if err := os.RemoveAll(cfg.ReportDir); err != nil {
 		return 2, fmt.Errorf("empty report dir: %w", err)
 	}
@@ -210,6 +215,29 @@ func (s *setup) bringUp(ctx context.Context, cfg Config, mode string) (endpoints
 	}
 	plog.Infof("agents up: %s", strings.Join(endpoints, ", "))
 	return endpoints, testerArgs, nil
+}
+
+// checkPortsFree says which loopback ports a loopback run needs are taken
+// (the agents', and each member's client, peer and peer-listen ports), so
+// that a busy port is reported before anything starts rather than as an
+// agent or member that fails later.
+func checkPortsFree(hosts int) error {
+	var busy []string
+	for i := 0; i < hosts; i++ {
+		for _, base := range []int{9027, 2379, 2380, 2381} {
+			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(loopbackPort(i, base)))
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				busy = append(busy, addr)
+				continue
+			}
+			ln.Close()
+		}
+	}
+	if len(busy) > 0 {
+		return fmt.Errorf("loopback mode needs these ports free, but they are in use: %s", strings.Join(busy, ", "))
+	}
+	return nil
 }
 
 func waitListening(ctx context.Context, addr string, timeout time.Duration) error {
