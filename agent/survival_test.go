@@ -692,7 +692,7 @@ func (r *svRig) cleanup() {
 	}
 	if r.t.Failed() {
 		for _, f := range []string{filepath.Join(r.logDir, "agent.log"), filepath.Join(r.dir, "etcd.log")} {
-			r.t.Logf("---- %s (tail) ----\n%s", f, svTail(f, 60))
+			r.t.Logf("---- %s (tail) ----\n%s", f, etcdtest.Tail(f, 60))
 		}
 	}
 }
@@ -815,16 +815,4 @@ func svIsExe(pid int, bin string) bool {
 	}
 	want, err := filepath.EvalSymlinks(bin)
 	return err == nil && exe == want
-}
-
-func svTail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -3,11 +3,9 @@ package netfault
 import (
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,133 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/etcd-functional/functional/agent/wire"
+	"github.com/etcd-functional/functional/internal/netnstest"
 )
 
-// netns is a network namespace of a test's own: its loopback, its ports and
-// its iptables rules are separate from the host's, so the tests can drop
-// ports for real without touching the machine they run on.
-type netns struct {
-	name string
-	f    *os.File // /run/netns/<name>, for setns
-}
-
-// newNetns creates a namespace with its loopback up and removes it when the
-// test ends. It skips the test, saying why, where that cannot work.
-func newNetns(t *testing.T) *netns {
+func newTestIPTables(t *testing.T, ns *netnstest.NS, chain string) *IPTables {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and edits its iptables rules")
-	}
-	for _, bin := range []string{"ip", "iptables"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s in PATH (Debian packages iproute2 and iptables): %v", bin, err)
-		}
-	}
-	name := fmt.Sprintf("nftest%08x", rand.Uint32())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Skipf("cannot create a network namespace: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-	})
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip -n %s link set lo up: %v: %s", name, err, out)
-	}
-	f, err := os.Open("/run/netns/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() }) // runs before the del above: LIFO
-	ns := &netns{name: name, f: f}
-	if _, err := ns.iptables("-S"); err != nil {
-		t.Skipf("iptables does not work in a namespace here: %v", err)
-	}
-	return ns
-}
-
-// do runs f on an OS thread that has entered the namespace. Sockets created
-// by f belong to the namespace for good, whichever thread uses them later.
-func (ns *netns) do(f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked on purpose: the thread is in another namespace,
-		// so it must end with this goroutine rather than go back to the
-		// scheduler to run other goroutines.
-		runtime.LockOSThread()
-		if err := unix.Setns(int(ns.f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns.name, err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
-
-func (ns *netns) listen(t *testing.T) net.Listener {
-	t.Helper()
-	var ln net.Listener
-	if err := ns.do(func() (err error) {
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
-func (ns *netns) dial(addr string, timeout time.Duration) (net.Conn, error) {
-	var c net.Conn
-	err := ns.do(func() (err error) {
-		c, err = net.DialTimeout("tcp", addr, timeout)
-		return err
-	})
-	return c, err
-}
-
-func (ns *netns) mustDial(t *testing.T, addr string) net.Conn {
-	t.Helper()
-	c, err := ns.dial(addr, 2*time.Second)
-	if err != nil {
-		t.Fatalf("dial %s in %s: %v", addr, ns.name, err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func (ns *netns) command() []string { return []string{"ip", "netns", "exec", ns.name, "iptables"} }
-
-// iptables runs iptables in the namespace, as the tests' own independent
-// view of the rules (and as "another process" creating leftovers).
-func (ns *netns) iptables(args ...string) (string, error) {
-	out, err := exec.Command("ip", slices.Concat([]string{"netns", "exec", ns.name, "iptables", "-w"}, args)...).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("iptables %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
-func (ns *netns) rules(t *testing.T) []string {
-	t.Helper()
-	out, err := ns.iptables("-S")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var lines []string
-	for l := range strings.Lines(out) {
-		lines = append(lines, strings.TrimSpace(l))
-	}
-	return lines
-}
-
-func newTestIPTables(t *testing.T, ns *netns, chain string) *IPTables {
-	t.Helper()
-	ipt, err := NewIPTables(chain, ns.command()...)
+	ipt, err := NewIPTables(chain, ns.IPTablesCommand()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,10 +51,10 @@ func droppedRules(chain string, ports ...int) []string {
 	return rules
 }
 
-func expectRules(t *testing.T, ns *netns, want []string) {
+func expectRules(t *testing.T, ns *netnstest.NS, want []string) {
 	t.Helper()
-	if got := ns.rules(t); !slices.Equal(got, want) {
-		t.Fatalf("iptables -S in %s:\n  %s\nwant:\n  %s", ns.name, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	if got := ns.Rules(t); !slices.Equal(got, want) {
+		t.Fatalf("iptables -S in %s:\n  %s\nwant:\n  %s", ns.Name, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 }
 
@@ -185,14 +63,14 @@ func expectRules(t *testing.T, ns *netns, want []string) {
 // established one gets no echo, another port is unaffected, and after
 // RecoverPort new connections work and the stalled one resumes.
 func TestIPTablesIsolatesRealTraffic(t *testing.T) {
-	ns := newNetns(t)
+	ns := netnstest.New(t, "nftest")
 	const chain = testChainPrefix + "-ISOLATE"
 	ipt := newTestIPTables(t, ns, chain)
-	echo := newEchoServer(t, ns.listen(t))
-	bystander := newEchoServer(t, ns.listen(t))
+	echo := newEchoServer(t, ns.Listen(t))
+	bystander := newEchoServer(t, ns.Listen(t))
 	port := echo.port()
 
-	established := ns.mustDial(t, echo.addr())
+	established := ns.MustDial(t, echo.addr())
 	if _, err := roundTrip(established, []byte("before"), 2*time.Second); err != nil {
 		t.Fatalf("before DropPort: %v", err)
 	}
@@ -206,7 +84,7 @@ func TestIPTablesIsolatesRealTraffic(t *testing.T) {
 		t.Fatalf("Dropped() = %v, want [%d]", got, port)
 	}
 
-	c, err := ns.dial(echo.addr(), 700*time.Millisecond)
+	c, err := ns.Dial(echo.addr(), 700*time.Millisecond)
 	if err == nil {
 		c.Close()
 		t.Fatal("dial to a dropped port succeeded")
@@ -218,7 +96,7 @@ func TestIPTablesIsolatesRealTraffic(t *testing.T) {
 		t.Fatalf("dial to a dropped port: %v; want a timeout, not a refusal", err)
 	}
 	expectSilence(t, established, []byte("during"), 700*time.Millisecond)
-	if _, err := roundTrip(ns.mustDial(t, bystander.addr()), []byte("other port"), 2*time.Second); err != nil {
+	if _, err := roundTrip(ns.MustDial(t, bystander.addr()), []byte("other port"), 2*time.Second); err != nil {
 		t.Fatalf("a port that is not dropped: %v", err)
 	}
 
@@ -226,7 +104,7 @@ func TestIPTablesIsolatesRealTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRules(t, ns, pristine)
-	if _, err := roundTrip(ns.mustDial(t, echo.addr()), []byte("after"), 2*time.Second); err != nil {
+	if _, err := roundTrip(ns.MustDial(t, echo.addr()), []byte("after"), 2*time.Second); err != nil {
 		t.Fatalf("new connection after RecoverPort: %v", err)
 	}
 	// The established connection was stalled, not broken, as in a real
@@ -243,7 +121,7 @@ func TestIPTablesIsolatesRealTraffic(t *testing.T) {
 // that Dropped is sorted, that recovering one port keeps the others, and
 // that recovering a port that is not dropped is an error naming it.
 func TestIPTablesIdempotentAndSorted(t *testing.T) {
-	ns := newNetns(t)
+	ns := netnstest.New(t, "nftest")
 	const chain = testChainPrefix + "-IDEMPOTENT"
 	ipt := newTestIPTables(t, ns, chain)
 
@@ -283,7 +161,7 @@ func TestIPTablesIdempotentAndSorted(t *testing.T) {
 // TestIPTablesConcurrent drops and recovers ports from many goroutines at
 // once; the result must be exactly one jump per hook and two rules per port.
 func TestIPTablesConcurrent(t *testing.T) {
-	ns := newNetns(t)
+	ns := netnstest.New(t, "nftest")
 	const chain = testChainPrefix + "-CONCURRENT"
 	ipt := newTestIPTables(t, ns, chain)
 	ports := []int{2380, 2381, 2382, 2383, 2384, 2385}
@@ -301,7 +179,7 @@ func TestIPTablesConcurrent(t *testing.T) {
 		}
 	}
 	// The goroutines ran in any order, and so were the rules appended.
-	got, want := ns.rules(t), droppedRules(chain, ports...)
+	got, want := ns.Rules(t), droppedRules(chain, ports...)
 	slices.Sort(got)
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
@@ -326,7 +204,7 @@ func TestIPTablesConcurrent(t *testing.T) {
 // IPTables must see the leftover port and Reset must remove all of it and
 // nothing else, and be idempotent.
 func TestIPTablesResetClearsLeftovers(t *testing.T) {
-	ns := newNetns(t)
+	ns := netnstest.New(t, "nftest")
 	const chain = testChainPrefix + "-AGENT-9027"
 	for _, args := range [][]string{
 		{"-N", chain},
@@ -339,14 +217,14 @@ func TestIPTablesResetClearsLeftovers(t *testing.T) {
 		{"-A", testChainPrefix + "-NOT-OURS", "-p", "tcp", "--dport", "2380", "-j", "DROP"},
 		{"-A", "INPUT", "-j", testChainPrefix + "-NOT-OURS"},
 	} {
-		if _, err := ns.iptables(args...); err != nil {
+		if _, err := ns.IPTables(args...); err != nil {
 			t.Fatal(err)
 		}
 	}
 	t.Cleanup(func() {
-		ns.iptables("-D", "INPUT", "-j", testChainPrefix+"-NOT-OURS")
-		ns.iptables("-F", testChainPrefix+"-NOT-OURS")
-		ns.iptables("-X", testChainPrefix+"-NOT-OURS")
+		ns.IPTables("-D", "INPUT", "-j", testChainPrefix+"-NOT-OURS")
+		ns.IPTables("-F", testChainPrefix+"-NOT-OURS")
+		ns.IPTables("-X", testChainPrefix+"-NOT-OURS")
 	})
 
 	ipt := newTestIPTables(t, ns, chain)
@@ -368,7 +246,7 @@ func TestIPTablesResetClearsLeftovers(t *testing.T) {
 // TestIPTablesResetEmpty checks that Reset in a namespace where the chain
 // never existed succeeds and changes nothing.
 func TestIPTablesResetEmpty(t *testing.T) {
-	ns := newNetns(t)
+	ns := netnstest.New(t, "nftest")
 	ipt := newTestIPTables(t, ns, testChainPrefix+"-EMPTY")
 	for range 2 {
 		if err := ipt.Reset(); err != nil {

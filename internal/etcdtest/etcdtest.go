@@ -323,16 +323,20 @@ func (c *Cluster) tails() string {
 
 func (c *Cluster) logTails(t testing.TB) { t.Log("etcdtest: member logs\n" + c.tails()) }
 
-func (m *Member) logTail(lines int) string {
-	b, err := os.ReadFile(m.logPath)
+func (m *Member) logTail(lines int) string { return Tail(m.logPath, lines) }
+
+// Tail returns the last n lines of the file at path, for a test's log when
+// it fails, or the error that kept it from reading the file.
+func Tail(path string, n int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}
-	all := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
 	}
-	return strings.Join(all, "\n")
+	return strings.Join(lines, "\n")
 }
 
 // launch starts the process; the caller holds no lock.

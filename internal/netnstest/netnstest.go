@@ -107,6 +107,18 @@ func (ns *NS) Dial(addr string, timeout time.Duration) (net.Conn, error) {
 	return c, err
 }
 
+// MustDial connects to addr from inside the namespace, failing the test if
+// it cannot within 2 s, and closes the connection when the test ends.
+func (ns *NS) MustDial(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	c, err := ns.Dial(addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s in %s: %v", addr, ns.Name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // IPTablesCommand is the argv prefix that runs iptables in the namespace.
 func (ns *NS) IPTablesCommand() []string {
 	return []string{"ip", "netns", "exec", ns.Name, "iptables"}
