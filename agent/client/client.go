@@ -200,13 +200,13 @@ func (a *agentClient) call(ctx context.Context, method string, args, reply any) 
 		if errors.Is(err, ErrUnauthorized) || errors.Is(err, errClosed) || ctx.Err() != nil {
 			return fmt.Errorf("agent %s: %s: %w", a.endpoint, method, err)
 		}
-		if time.Now().Add(backoff).After(deadline) {
+		if !time.Now().Before(deadline) {
 			return fmt.Errorf("agent %s: %s: unreachable for %v: %w", a.endpoint, method, a.cfg.RetryFor, err)
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("agent %s: %s: %w (last error: %v)", a.endpoint, method, ctx.Err(), err)
-		case <-time.After(backoff):
+		case <-time.After(min(backoff, time.Until(deadline))): // the last try is at the deadline
 		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
