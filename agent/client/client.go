@@ -197,7 +197,7 @@ func (a *agentClient) call(ctx context.Context, method string, args, reply any) 
 				return fmt.Errorf("agent %s: %s: connection lost during the call, it may or may not have taken effect: %w", a.endpoint, method, err)
 			}
 		}
-		if errors.Is(err, ErrUnauthorized) || errors.Is(err, errClosed) || ctx.Err() != nil {
+		if errors.Is(err, ErrUnauthorized) || errors.Is(err, errClosed) || isCertError(err) || ctx.Err() != nil {
 			return fmt.Errorf("agent %s: %s: %w", a.endpoint, method, err)
 		}
 		if !time.Now().Before(deadline) {
@@ -227,6 +227,13 @@ func (a *agentClient) invoke(ctx context.Context, rc *rpc.Client, method string,
 }
 
 var errClosed = errors.New("client closed")
+
+// isCertError reports whether err is the agent's certificate failing
+// verification: a configuration error that retrying cannot mend.
+func isCertError(err error) bool {
+	var certErr *tls.CertificateVerificationError
+	return errors.As(err, &certErr)
+}
 
 func (a *agentClient) conn(ctx context.Context) (*rpc.Client, error) {
 	a.mu.Lock()
