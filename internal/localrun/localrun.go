@@ -129,6 +129,11 @@ func (c *Config) validate() error {
 	default:
 		return fmt.Errorf("mode %q: want %s, %s or %s", c.Mode, ModeAuto, ModeNetns, ModeLoopback)
 	}
+	// The name is used in every mode (a run clears a leftover network of
+	// that name), so a bad one is refused before anything is touched.
+	if err := (&localnet.Config{Name: c.NetName, Hosts: c.Hosts}).Validate(); err != nil {
+		return fmt.Errorf("net name %q: want 1 to 10 characters of a-z and 0-9 (it names the namespaces, bridge and rules)", c.NetName)
+	}
 	for _, b := range []string{"etcd", "etcd-agent", "etcd-tester"} {
 		p := filepath.Join(c.BinDir, b)
 		if _, err := os.Stat(p); err != nil {
