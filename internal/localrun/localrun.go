@@ -17,6 +17,7 @@ package localrun
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -143,6 +145,14 @@ func (c *Config) validate() error {
 	if c.ReportDir == "" || filepath.Clean(c.ReportDir) == "/" {
 		return fmt.Errorf("report dir %q: want a directory of its own (it is emptied)", c.ReportDir)
 	}
+	// Absolute, so that every process of the run names it the same way on
+	// its command line (the tester too), which is how a later run finds
+	// what this one left.
+	abs, err := filepath.Abs(c.ReportDir)
+	if err != nil {
+		return fmt.Errorf("report dir: %w", err)
+	}
+	c.ReportDir = abs
 	if c.Stdout == nil {
 		c.Stdout = os.Stdout
 	}
@@ -340,12 +350,15 @@ func cleanLeftovers(cfg Config) {
 }
 
 // killLeftovers kills every process that runs a binary of BinDir with the
-// report dir on its command line: the agents of a run (their -base-dir) and
-// their etcd processes (--data-dir), whether or not their parent survived.
+// report dir on its command line: the agents of a run (their -base-dir),
+// their etcd processes (--data-dir) and the tester (-report-dir), whether
+// or not their parent survived. It returns once they are gone, so that
+// their ports are free.
 func killLeftovers(cfg Config) {
 	bin, _ := filepath.Abs(cfg.BinDir)
 	report, _ := filepath.Abs(cfg.ReportDir)
 	procs, _ := filepath.Glob("/proc/[0-9]*")
+	var killed []int
 	for _, p := range procs {
 		pid, err := strconv.Atoi(filepath.Base(p))
 		if err != nil || pid == os.Getpid() {
@@ -356,12 +369,54 @@ func killLeftovers(cfg Config) {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join(p, "cmdline"))
-		if err != nil || !strings.Contains(string(cmdline), report+string(filepath.Separator)) {
+		if err != nil || !slices.ContainsFunc(strings.Split(string(cmdline), "\x00"), func(arg string) bool {
+			return arg == report || strings.Contains(arg, report+string(filepath.Separator))
+		}) {
 			continue
 		}
 		plog.Warningf("killing leftover %s (pid %d) of an earlier run", filepath.Base(exe), pid)
 		syscall.Kill(pid, syscall.SIGKILL)
+		killed = append(killed, pid)
 	}
+	waitGone(killed, 10*time.Second)
+}
+
+// waitGone waits, up to timeout, until every pid has exited, and reaps
+// those that are children of this process. A zombie has exited: its
+// sockets are closed.
+func waitGone(pids []int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for _, pid := range pids {
+		for {
+			var ws syscall.WaitStatus
+			syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+			if exited(pid) {
+				break
+			}
+			if time.Now().After(deadline) {
+				plog.Warningf("pid %d is still there %v after SIGKILL", pid, timeout)
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// exited reports whether pid is gone, or a zombie whose threads have all
+// exited: the leader of a thread group turns zombie first, and the files
+// (sockets) are closed by the last thread to go.
+func exited(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// pid (comm) state ...
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) || (stat[i+2] != 'Z' && stat[i+2] != 'X') {
+		return false
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	return err != nil || len(tasks) <= 1
 }
 
 func tail(path string, n int) string {
