@@ -5,20 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/etcd-functional/functional/agent"
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/agent/wire"
-	"github.com/etcd-functional/functional/internal/etcdtest"
+	"github.com/etcd-functional/functional/internal/agenttest"
 	"github.com/etcd-functional/functional/tester"
 )
 
@@ -26,111 +22,20 @@ import (
 // on loopback by this process) running real etcd members. Every agent
 // shares the host, so the BLACKHOLE cases are out of reach here.
 
-type testAgents struct {
-	endpoints   []string
-	clientPorts []int
-	peerPorts   []int
-	agents      []*agent.Agent
-	clients     []client.Agent
-	stopServe   []func()
-	baseDirs    []string
-}
+// testAgents are real agents served by this process; internal/agenttest
+// holds them, shared with cmd/etcd-tester's tests.
+type testAgents struct{ *agenttest.Set }
 
 func startAgents(t *testing.T, n int) *testAgents {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("starts a real etcd cluster")
-	}
-	bin, err := etcdtest.Binary()
-	if err != nil {
-		t.Skip(err)
-	}
-	// The base dirs first: cleanups run last-in first-out, and the
-	// agents must stop before their dirs go.
-	dirs := make([]string, n)
-	for i := range dirs {
-		dirs[i] = t.TempDir()
-	}
-	ta := &testAgents{}
-	t.Cleanup(ta.close)
-	ports := freePorts(t, 3*n)
-	for i := range n {
-		dir := dirs[i]
-		a, err := agent.New(agent.Config{EtcdPath: bin, BaseDir: dir, NetworkFaults: agent.FaultsProxy,
-			SigtermWait: 10 * time.Second, SigintWait: 2 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { defer close(done); a.Serve(ctx, ln, nil) }()
-		ta.stopServe = append(ta.stopServe, func() { cancel(); <-done })
-		ta.agents = append(ta.agents, a)
-		ta.baseDirs = append(ta.baseDirs, dir)
-		ep := ln.Addr().String()
-		ta.endpoints = append(ta.endpoints, ep)
-		c, err := client.New(ep, client.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ta.clients = append(ta.clients, c)
-		// The peer port and the one above it (the listen peer port
-		// behind the agent's proxy) must both be free.
-		ta.clientPorts = append(ta.clientPorts, ports[3*i])
-		ta.peerPorts = append(ta.peerPorts, ports[3*i+1])
-	}
-	return ta
-}
-
-func (ta *testAgents) close() {
-	for _, c := range ta.clients {
-		c.Close()
-	}
-	for _, s := range ta.stopServe {
-		s()
-	}
-	for _, a := range ta.agents {
-		a.Close()
-	}
-}
-
-// freePorts returns n/3 triplets of consecutive free ports: a member's
-// client port, peer port and listen peer port (peer + 1, behind the
-// agent's proxy).
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var out []int
-	for len(out) < n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := ln.Addr().(*net.TCPAddr).Port
-		held := []net.Listener{ln}
-		for k := 1; k <= 2; k++ {
-			if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+k)); err == nil {
-				held = append(held, l)
-			}
-		}
-		for _, l := range held {
-			l.Close()
-		}
-		if len(held) == 3 && !slices.Contains(out, p) && !slices.Contains(out, p+1) && !slices.Contains(out, p+2) && !slices.Contains(out, p-1) {
-			out = append(out, p, p+1, p+2)
-		}
-	}
-	return out
+	return &testAgents{agenttest.Start(t, n)}
 }
 
 func (ta *testAgents) config(t *testing.T) tester.Config {
 	cfg := tester.DefaultConfig()
-	cfg.AgentEndpoints = ta.endpoints
-	cfg.ClientPorts = ta.clientPorts
-	cfg.PeerPorts = ta.peerPorts
+	cfg.AgentEndpoints = ta.Endpoints
+	cfg.ClientPorts = ta.ClientPorts
+	cfg.PeerPorts = ta.PeerPorts
 	cfg.MetricsAddr = "127.0.0.1:0"
 	cfg.ReportDir = filepath.Join(t.TempDir(), "report")
 	cfg.CaseDelay = time.Second
@@ -199,7 +104,7 @@ func TestRunRealCluster(t *testing.T) {
 		}
 	}
 	// The run terminated its cluster.
-	for i, c := range ta.clients {
+	for i, c := range ta.Clients {
 		st, err := c.Status(context.Background())
 		if err != nil || st.State != wire.StateTerminated {
 			t.Errorf("agent %d after the run: %v %v", i, st.State, err)
@@ -228,7 +133,7 @@ func TestRunInterruptedHeals(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 		paused = 0
-		for _, c := range ta.clients {
+		for _, c := range ta.Clients {
 			if st, err := c.Status(ctx); err == nil && st.State == wire.StatePaused {
 				paused++
 			}
@@ -244,7 +149,7 @@ func TestRunInterruptedHeals(t *testing.T) {
 	if !errors.Is(err, tester.ErrInterrupted) || tester.ExitCode(err) != 1 {
 		t.Fatalf("Run: %v (exit %d), want interrupted", err, tester.ExitCode(err))
 	}
-	for i, c := range ta.clients {
+	for i, c := range ta.Clients {
 		st, err := c.Status(context.Background())
 		if err != nil || st.State != wire.StateStarted {
 			t.Errorf("agent %d after the interrupt: %v %v; want etcd running (resumed)", i, st.State, err)
