@@ -309,12 +309,15 @@ func runTester(ctx context.Context, cfg Config, args []string, interrupt <-chan 
 
 // teardown stops the agents (SIGTERM: each heals its faults and stops its
 // etcd), kills what does not stop in time, and removes the network.
+//
+// The agents are stopped one after the other: a cluster still up (after an
+// interrupt) whose members all get SIGTERM at once has its leader try to
+// hand leadership to a member that is going away, and wait etcd's 7s for
+// it; one at a time, the leader hands over at once or has no peer left.
 func (s *setup) teardown(cfg Config) error {
 	var errs []error
-	for _, cmd := range s.agents {
-		cmd.Process.Signal(syscall.SIGTERM)
-	}
 	for i, cmd := range s.agents {
+		cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		select {
