@@ -1,0 +1,149 @@
+package tester_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/etcd-functional/functional/agent/client"
+	"github.com/etcd-functional/functional/agent/wire"
+	"github.com/etcd-functional/functional/tester"
+)
+
+// Issue 6: an agent that restarts or cannot be reached for a while during
+// a run. The tester reconnects with backoff for its client's RetryFor and
+// either goes on or fails the case naming the agent; it never hangs.
+
+// waitMemberState waits until some agent reports its member in state,
+// asking the agents directly (not over RPC, which the test is about to
+// take away), and returns that agent's index. It fails the test if Run
+// returns first.
+func waitMemberState(t *testing.T, ta *testAgents, state wire.State, runErr <-chan error) int {
+	t.Helper()
+	deadline := time.After(2 * time.Minute)
+	for {
+		for i, a := range ta.Agents {
+			if a.Status().State == state {
+				return i
+			}
+		}
+		select {
+		case err := <-runErr:
+			t.Fatalf("Run returned before any member was %s: %v", state, err)
+		case <-deadline:
+			t.Fatalf("no member %s within 2 minutes", state)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// awaitRun waits for Run's result, failing the test after bound.
+func awaitRun(t *testing.T, runErr <-chan error, cancel context.CancelFunc, bound time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-runErr:
+		return err
+	case <-time.After(bound):
+		cancel()
+		t.Fatalf("Run still running %v after the agent went away; cancelled: %v", bound, <-runErr)
+		return nil
+	}
+}
+
+// The killed member's agent goes away during the hold and is back 2 s
+// later, after the recovery began: the recovery's Restart keeps retrying
+// and goes through once the agent answers again, and the case passes.
+func TestRunAgentBackAfterOutage(t *testing.T) {
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	cfg.Cases = []string{"SIGKILL_ONE_FOLLOWER"}
+	cfg.CaseDelay = time.Second
+	cfg.StressWarmup = 500 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- tester.Run(ctx, cfg) }()
+
+	i := waitMemberState(t, ta, wire.StateStopped, runErr)
+	ta.Down(i)
+	t.Logf("agent %d (%s) down: its member was killed", i, ta.Endpoints[i])
+	time.Sleep(2 * time.Second) // the hold (1 s) ends meanwhile; recovery calls this agent
+	if err := ta.Up(i); err != nil {
+		cancel()
+		<-runErr
+		t.Fatal(err)
+	}
+	upAt := time.Now()
+	t.Logf("agent %d up again", i)
+
+	err := awaitRun(t, runErr, cancel, 2*time.Minute)
+	r := readResults(t, cfg.ReportDir)
+	if len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != 1 {
+		t.Fatalf("Run: %v; results %+v", err, r)
+	}
+	c := r.Rounds[0].Cases[0]
+	if err != nil || !c.Passed {
+		t.Fatalf("Run: %v; case error %q; want the case to pass once the agent is back", err, c.Error)
+	}
+	if want := "etcd-" + string(rune('0'+i)); len(c.Targets) != 1 || c.Targets[0] != want {
+		t.Fatalf("targets %v, want %s", c.Targets, want)
+	}
+	// Recovery ended after the agent came back: the Restart that healed
+	// the member was retried across the outage, not made before it.
+	if !c.RecoverTime.After(upAt) {
+		t.Errorf("recovered at %v, before the agent was back at %v", c.RecoverTime, upAt)
+	}
+}
+
+// The killed member's agent goes away for good: the recovery fails within
+// the client's retry bound with an error naming the agent's endpoint, and
+// the run ends, failed.
+func TestRunAgentGoneFailsCase(t *testing.T) {
+	const retryFor = 2 * time.Second
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	cfg.Cases = []string{"SIGKILL_ONE_FOLLOWER"}
+	cfg.CaseDelay = time.Second
+	cfg.StressWarmup = 500 * time.Millisecond
+	cfg.DialAgent = func(ep string) (client.Agent, error) {
+		return client.New(ep, client.Config{RetryFor: retryFor, DialTimeout: time.Second})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- tester.Run(ctx, cfg) }()
+
+	i := waitMemberState(t, ta, wire.StateStopped, runErr)
+	ta.Down(i)
+	downAt := time.Now()
+	ep := ta.Endpoints[i]
+	t.Logf("agent %d (%s) down for good: its member was killed", i, ep)
+
+	// Every later step calls the gone agent and gives up after its
+	// bound: the recovery (Restart, then Status to see whether the
+	// member is still down), the salvage (the same, then Archive), the
+	// re-bootstrap's Terminate, and the final Terminate.
+	err := awaitRun(t, runErr, cancel, cfg.CaseDelay+8*retryFor+20*time.Second)
+	t.Logf("Run returned %v after the agent went away: %v", time.Since(downAt).Round(time.Millisecond), err)
+	if code := tester.ExitCode(err); code != tester.ExitFail || !errors.Is(err, tester.ErrFailed) || !strings.Contains(err.Error(), ep) {
+		t.Errorf("Run: %v (exit %d); want a failed run (exit %d) naming %s", err, code, tester.ExitFail, ep)
+	}
+	r := readResults(t, cfg.ReportDir)
+	if r.Passed || r.Interrupted || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != 1 {
+		t.Fatalf("results: %+v", r)
+	}
+	c := r.Rounds[0].Cases[0]
+	t.Logf("case error: %s", c.Error)
+	if c.Passed || !strings.Contains(c.Error, "recover: heal stopped of etcd-"+string(rune('0'+i))) ||
+		!strings.Contains(c.Error, "agent "+ep) || !strings.Contains(c.Error, "unreachable") {
+		t.Errorf("case: passed %v, error %q; want the recovery failed, naming agent %s as unreachable", c.Passed, c.Error, ep)
+	}
+	// The recovery began when the 1 s hold ended, after the outage, and
+	// gave up within the retry bound twice over (the Restart, then the
+	// Status asking whether the member is still down) plus a margin.
+	if took := c.RecoverTime.Sub(downAt); took > cfg.CaseDelay+2*retryFor+2*time.Second {
+		t.Errorf("the recovery failed %v after the agent went away; want within the hold %v + 2 × RetryFor %v + 2s", took, cfg.CaseDelay, retryFor)
+	}
+}
