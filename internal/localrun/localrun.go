@@ -112,6 +112,9 @@ func Run(ctx context.Context, cfg Config, interrupt <-chan os.Signal) (status in
 	}()
 	endpoints, testerArgs, err := s.bringUp(ctx, cfg, mode)
 	if err != nil {
+		if ctx.Err() != nil {
+			return 1, errors.New("interrupted while bringing up the hosts and agents")
+		}
 		return 2, err
 	}
 	args := append([]string{
@@ -322,6 +325,14 @@ func (s *setup) teardown(cfg Config) error {
 		go func() { done <- cmd.Wait() }()
 		select {
 		case err := <-done:
+			// Killed by the SIGTERM itself: it was still starting, before
+			// its handler, so it had nothing to heal or stop.
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM {
+					err = nil
+				}
+			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("agent %d: %w (see its log in %s)", i, err, filepath.Join(cfg.ReportDir, "agents")))
 			}
