@@ -288,7 +288,9 @@ rounds:
 // DefragInterval rounds, defragments.
 func (t *tester) afterRound(ctx context.Context, rr *RoundResult) error {
 	c := t.cluster
-	if err := c.WaitHealthy(ctx, t.s.RecoveryTimeout); err != nil {
+	// No fault was just recovered: a short -recovery-timeout does not
+	// bound this wait (nor the one before a fault).
+	if err := c.WaitHealthy(ctx, max(t.s.RecoveryTimeout, minBootstrapTimeout)); err != nil {
 		return fmt.Errorf("before compaction: %w", err)
 	}
 	rev, err := c.Compact(ctx, compactKeep)
@@ -410,7 +412,7 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 	stressed := false
 	injected := false
 	func() {
-		if err := c.WaitHealthy(ctx, s.RecoveryTimeout); err != nil {
+		if err := c.WaitHealthy(ctx, max(s.RecoveryTimeout, minBootstrapTimeout)); err != nil {
 			fail("before the fault: %w", err)
 			return
 		}
