@@ -3,12 +3,12 @@ package tester_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/etcd-functional/functional/agent/client"
-	"github.com/etcd-functional/functional/agent/wire"
 	"github.com/etcd-functional/functional/tester"
 )
 
@@ -16,27 +16,48 @@ import (
 // a run. The tester reconnects with backoff for its client's RetryFor and
 // either goes on or fails the case naming the agent; it never hangs.
 
-// waitMemberState waits until some agent reports its member in state,
-// asking the agents directly (not over RPC, which the test is about to
-// take away), and returns that agent's index. It fails the test if Run
-// returns first.
-func waitMemberState(t *testing.T, ta *testAgents, state wire.State, runErr <-chan error) int {
-	t.Helper()
-	deadline := time.After(2 * time.Minute)
-	for {
-		for i, a := range ta.Agents {
-			if a.Status().State == state {
-				return i
-			}
-		}
+// killWatch is a real agent client that reports its endpoint once the
+// tester's Kill through it has returned: the fault is in place and no call
+// is in flight, so taking the agent away then cuts no reply.
+type killWatch struct {
+	client.Agent
+	killed chan<- string
+}
+
+func (k killWatch) Kill(ctx context.Context) error {
+	err := k.Agent.Kill(ctx)
+	if err == nil {
 		select {
-		case err := <-runErr:
-			t.Fatalf("Run returned before any member was %s: %v", state, err)
-		case <-deadline:
-			t.Fatalf("no member %s within 2 minutes", state)
-		case <-time.After(10 * time.Millisecond):
+		case k.killed <- k.Endpoint():
+		default: // never blocks the tester
 		}
 	}
+	return err
+}
+
+// watchKills makes cfg's agents report their Kill on the returned channel.
+func watchKills(cfg *tester.Config, ccfg client.Config) <-chan string {
+	killed := make(chan string, len(cfg.AgentEndpoints))
+	cfg.DialAgent = func(ep string) (client.Agent, error) {
+		a, err := client.New(ep, ccfg)
+		return killWatch{a, killed}, err
+	}
+	return killed
+}
+
+// waitKill waits for the tester's Kill and returns the killed member's
+// agent index. It fails the test if Run returns first.
+func waitKill(t *testing.T, ta *testAgents, killed <-chan string, runErr <-chan error) int {
+	t.Helper()
+	select {
+	case ep := <-killed:
+		return slices.Index(ta.Endpoints, ep)
+	case err := <-runErr:
+		t.Fatalf("Run returned before it killed a member: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("no member killed within 2 minutes")
+	}
+	return -1
 }
 
 // awaitRun waits for Run's result, failing the test after bound.
@@ -61,12 +82,13 @@ func TestRunAgentBackAfterOutage(t *testing.T) {
 	cfg.Cases = []string{"SIGKILL_ONE_FOLLOWER"}
 	cfg.CaseDelay = time.Second
 	cfg.StressWarmup = 500 * time.Millisecond
+	killed := watchKills(&cfg, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	runErr := make(chan error, 1)
 	go func() { runErr <- tester.Run(ctx, cfg) }()
 
-	i := waitMemberState(t, ta, wire.StateStopped, runErr)
+	i := waitKill(t, ta, killed, runErr)
 	ta.Down(i)
 	t.Logf("agent %d (%s) down: its member was killed", i, ta.Endpoints[i])
 	time.Sleep(2 * time.Second) // the hold (1 s) ends meanwhile; recovery calls this agent
@@ -107,15 +129,13 @@ func TestRunAgentGoneFailsCase(t *testing.T) {
 	cfg.Cases = []string{"SIGKILL_ONE_FOLLOWER"}
 	cfg.CaseDelay = time.Second
 	cfg.StressWarmup = 500 * time.Millisecond
-	cfg.DialAgent = func(ep string) (client.Agent, error) {
-		return client.New(ep, client.Config{RetryFor: retryFor, DialTimeout: time.Second})
-	}
+	killed := watchKills(&cfg, client.Config{RetryFor: retryFor, DialTimeout: time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	runErr := make(chan error, 1)
 	go func() { runErr <- tester.Run(ctx, cfg) }()
 
-	i := waitMemberState(t, ta, wire.StateStopped, runErr)
+	i := waitKill(t, ta, killed, runErr)
 	ta.Down(i)
 	downAt := time.Now()
 	ep := ta.Endpoints[i]
