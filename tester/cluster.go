@@ -234,9 +234,14 @@ func (c *Cluster) ClearLeftovers(ctx context.Context, sts []wire.Status) error {
 
 // Terminate stops every member and removes its data.
 func (c *Cluster) Terminate(ctx context.Context) error {
-	err := c.eachMember(func(i int) error {
-		return c.agentCall(ctx, i, agentStopTimeout, "terminate", func(ctx context.Context, a client.Agent) error { return a.Terminate(ctx) })
-	})
+	// One member at a time: stopped all at once, a leader hands its
+	// leadership to a member that is itself stopping and etcd waits ~7 s
+	// for a transfer that cannot happen.
+	var errs []error
+	for i := range c.members {
+		errs = append(errs, c.agentCall(ctx, i, agentStopTimeout, "terminate", func(ctx context.Context, a client.Agent) error { return a.Terminate(ctx) }))
+	}
+	err := errors.Join(errs...)
 	c.forgetProcessFaults()
 	return err
 }
