@@ -26,6 +26,7 @@ import (
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/agent/wire"
 	"github.com/etcd-functional/functional/internal/etcdtest"
+	"github.com/etcd-functional/functional/internal/freeport"
 	"github.com/etcd-functional/functional/internal/logfmt"
 )
 
@@ -306,7 +307,10 @@ type member struct {
 
 func newMember(t *testing.T, name string, proxy bool) member {
 	t.Helper()
-	ports := freePorts(t, 3)
+	ports, err := freeport.Take(3, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
 	m := member{clientPort: ports[0], peerPort: ports[1], advertisedPort: ports[1]}
 	if proxy {
 		m.advertisedPort = ports[2]
@@ -329,21 +333,6 @@ func newMember(t *testing.T, name string, proxy bool) member {
 }
 
 func (m member) clientURL() string { return fmt.Sprintf("http://127.0.0.1:%d", m.clientPort) }
-
-// freePorts picks n distinct free loopback ports.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
-}
 
 // noKeepAlive is an HTTP client that leaves no idle connection (and so no
 // goroutine) behind.

@@ -16,8 +16,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +23,7 @@ import (
 	"github.com/etcd-functional/functional/agent"
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/internal/etcdtest"
+	"github.com/etcd-functional/functional/internal/freeport"
 )
 
 // Set is n agents served by this process, one etcd member each.
@@ -216,30 +215,14 @@ func (c *trackedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// FreePorts returns n/3 triplets of consecutive free loopback ports: a
-// member's client port, peer port and listen peer port (peer + 1, behind
-// the agent's proxy).
+// FreePorts returns n/3 triplets of consecutive free ports: a member's
+// client port, peer port and listen peer port (peer + 1, behind the
+// agent's proxy).
 func FreePorts(t testing.TB, n int) []int {
 	t.Helper()
-	var out []int
-	for len(out) < n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := ln.Addr().(*net.TCPAddr).Port
-		held := []net.Listener{ln}
-		for k := 1; k <= 2; k++ {
-			if l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+k)); err == nil {
-				held = append(held, l)
-			}
-		}
-		for _, l := range held {
-			l.Close()
-		}
-		if len(held) == 3 && !slices.Contains(out, p) && !slices.Contains(out, p+1) && !slices.Contains(out, p+2) && !slices.Contains(out, p-1) {
-			out = append(out, p, p+1, p+2)
-		}
+	ports, err := freeport.Take(n/3, 3)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return ports
 }

@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +24,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/etcd-functional/functional/internal/freeport"
 )
 
 // EnvBinary names the environment variable that overrides the etcd binary.
@@ -176,7 +177,7 @@ func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 var errPortClash = errors.New("port taken by another process")
 
 func start(bin, dir string, n int, cfg config) (*Cluster, error) {
-	ports, err := freePorts(2 * n)
+	ports, err := freeport.Take(2*n, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -237,22 +238,6 @@ func start(bin, dir string, n int, cfg config) (*Cluster, error) {
 		return nil, fmt.Errorf("%w\n%s", err, c.tails())
 	}
 	return c, nil
-}
-
-// freePorts picks n distinct free loopback ports by holding n listeners on
-// 127.0.0.1:0 open at once. Another process may still take one before etcd
-// binds it; StartCluster retries then.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("pick a free port: %w", err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // ClientURLs returns every member's client URL, in member order.
