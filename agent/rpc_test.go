@@ -3,20 +3,13 @@ package agent_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/rpc"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +18,7 @@ import (
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/agent/wire"
 	"github.com/etcd-functional/functional/internal/secret"
+	"github.com/etcd-functional/functional/internal/testpki"
 )
 
 // TestBadInputIsRefusedAndTheAgentKeepsServing makes every kind of bad call
@@ -358,15 +352,18 @@ func TestTokenIsRequired(t *testing.T) {
 // whose certificate that CA signed is served.
 func TestTLSRequiresATrustedClientCertificate(t *testing.T) {
 	t.Parallel()
-	p := newPKI(t)
-	serverTLS, err := secret.ServerTLS(p.serverCert, p.serverKey, p.caCert)
+	ca := testpki.New(t)
+	serverCert, serverKey := ca.Server(t, "server", net.ParseIP("127.0.0.1"))
+	clientCert, clientKey := ca.Client(t, "client")
+	rogueCert, rogueKey := testpki.SelfSigned(t, "rogue")
+	serverTLS, err := secret.ServerTLS(serverCert, serverKey, ca.CAFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := serveTLS(t, agent.Config{EtcdPath: etcdBinary(t)}, serverTLS)
 	status := func(t *testing.T, certFile, keyFile string) error {
 		t.Helper()
-		tlsCfg, err := secret.ClientTLS(certFile, keyFile, p.caCert)
+		tlsCfg, err := secret.ClientTLS(certFile, keyFile, ca.CAFile)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -376,12 +373,12 @@ func TestTLSRequiresATrustedClientCertificate(t *testing.T) {
 	}
 
 	t.Run("TrustedClientCertificateIsServed", func(t *testing.T) {
-		if err := status(t, p.clientCert, p.clientKey); err != nil {
+		if err := status(t, clientCert, clientKey); err != nil {
 			t.Fatalf("Status with a client certificate the CA signed: %v", err)
 		}
 	})
 	t.Run("SelfSignedClientCertificateIsRefused", func(t *testing.T) {
-		err := status(t, p.rogueCert, p.rogueKey)
+		err := status(t, rogueCert, rogueKey)
 		expectErr(t, "Status with a self-signed client certificate", err, "certificate")
 	})
 	t.Run("NoClientCertificateIsRefused", func(t *testing.T) {
@@ -396,70 +393,8 @@ func TestTLSRequiresATrustedClientCertificate(t *testing.T) {
 		}
 	})
 	t.Run("TrustedClientStillServedAfterRefusals", func(t *testing.T) {
-		if err := status(t, p.clientCert, p.clientKey); err != nil {
+		if err := status(t, clientCert, clientKey); err != nil {
 			t.Fatal(err)
 		}
 	})
-}
-
-// pki is a CA, a server certificate for 127.0.0.1 and two client
-// certificates, one signed by the CA and one self-signed, as PEM files.
-type pki struct {
-	caCert                string
-	serverCert, serverKey string
-	clientCert, clientKey string
-	rogueCert, rogueKey   string
-}
-
-func newPKI(t *testing.T) pki {
-	t.Helper()
-	dir := t.TempDir()
-	now := time.Now()
-	serial := int64(0)
-	issue := func(name string, tmpl *x509.Certificate, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey, string, string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		serial++
-		tmpl.SerialNumber = big.NewInt(serial)
-		tmpl.Subject = pkix.Name{CommonName: name}
-		tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(time.Hour)
-		if parent == nil {
-			parent, parentKey = tmpl, key
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certFile, keyFile := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-		for file, block := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: der}, keyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER}} {
-			if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return cert, key, certFile, keyFile
-	}
-	var p pki
-	ca, caKey, caFile, _ := issue("ca", &x509.Certificate{IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}, nil, nil)
-	p.caCert = caFile
-	_, _, p.serverCert, p.serverKey = issue("server", &x509.Certificate{
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}, ca, caKey)
-	_, _, p.clientCert, p.clientKey = issue("client", &x509.Certificate{
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, ca, caKey)
-	_, _, p.rogueCert, p.rogueKey = issue("rogue", &x509.Certificate{
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, nil, nil)
-	return p
 }

@@ -3,22 +3,13 @@ package client_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/rpc"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -29,6 +20,7 @@ import (
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/agent/wire"
 	"github.com/etcd-functional/functional/internal/secret"
+	"github.com/etcd-functional/functional/internal/testpki"
 )
 
 // ---------------------------------------------------------------------------
@@ -675,15 +667,17 @@ func TestTokenIsPresented(t *testing.T) {
 
 func TestTLS(t *testing.T) {
 	t.Parallel()
-	p := newPKI(t)
-	serverTLS, err := secret.ServerTLS(p.serverCert, p.serverKey, "")
+	ca := testpki.New(t)
+	serverCert, serverKey := ca.Server(t, "server", net.ParseIP("127.0.0.1"))
+	otherCA := testpki.New(t)
+	serverTLS, err := secret.ServerTLS(serverCert, serverKey, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := serveAgent(t, agent.Config{}, serverTLS)
 
 	t.Run("TrustedCA", func(t *testing.T) {
-		cfg, err := secret.ClientTLS("", "", p.caCert)
+		cfg, err := secret.ClientTLS("", "", ca.CAFile)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -693,7 +687,7 @@ func TestTLS(t *testing.T) {
 		}
 	})
 	t.Run("OtherCA", func(t *testing.T) {
-		cfg, err := secret.ClientTLS("", "", p.otherCACert)
+		cfg, err := secret.ClientTLS("", "", otherCA.CAFile)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -712,64 +706,6 @@ func TestTLS(t *testing.T) {
 			t.Errorf("refusal took %v with RetryFor 10 s, want it at once: an untrusted certificate is not retried", elapsed)
 		}
 	})
-}
-
-// pki holds PEM files: a CA, a server certificate for 127.0.0.1 it signed,
-// and another, unrelated CA.
-type pki struct {
-	caCert, otherCACert   string
-	serverCert, serverKey string
-}
-
-func newPKI(t *testing.T) pki {
-	t.Helper()
-	dir := t.TempDir()
-	now := time.Now()
-	serial := int64(0)
-	issue := func(name string, tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (*x509.Certificate, *ecdsa.PrivateKey, string, string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		serial++
-		tmpl.SerialNumber = big.NewInt(serial)
-		tmpl.Subject = pkix.Name{CommonName: name}
-		tmpl.NotBefore, tmpl.NotAfter = now.Add(-time.Hour), now.Add(time.Hour)
-		if parent == nil {
-			parent, parentKey = tmpl, key
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certFile, keyFile := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-		for file, block := range map[string]*pem.Block{certFile: {Type: "CERTIFICATE", Bytes: der}, keyFile: {Type: "EC PRIVATE KEY", Bytes: keyDER}} {
-			if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return cert, key, certFile, keyFile
-	}
-	caTemplate := func() *x509.Certificate {
-		return &x509.Certificate{IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	}
-	var p pki
-	ca, caKey, caFile, _ := issue("ca", caTemplate(), nil, nil)
-	_, _, p.otherCACert, _ = issue("other-ca", caTemplate(), nil, nil)
-	p.caCert = caFile
-	_, _, p.serverCert, p.serverKey = issue("server", &x509.Certificate{
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}, ca, caKey)
-	return p
 }
 
 // ---------------------------------------------------------------------------
