@@ -50,7 +50,7 @@ docker-e2e: build
 check-clean:
 	@! ip netns list 2>/dev/null | grep -E '^(etcdrun|sv|agtest|nftest)' || { echo "leftover network namespaces"; exit 1; }
 	@! iptables -w -S 2>/dev/null | grep -E 'ETCD-AGENT|localnet:' || { echo "leftover iptables rules"; exit 1; }
-	@! pgrep -a -f '$(CURDIR)/$(BIN)/etcd' || { echo "leftover etcd or agent processes"; exit 1; }
+	@! pgrep -a -f '^$(CURDIR)/$(BIN)/etcd' || { echo "leftover etcd or agent processes"; exit 1; }
 	@echo "check-clean: nothing left behind"
 
 # bin/etcd is the real etcd at the release pinned in tools/etcd/go.mod, or a
