@@ -239,11 +239,16 @@ func (c *Cluster) Terminate(ctx context.Context) error {
 	// for a transfer that cannot happen.
 	var errs []error
 	for i := range c.members {
-		errs = append(errs, c.agentCall(ctx, i, agentStopTimeout, "terminate", func(ctx context.Context, a client.Agent) error { return a.Terminate(ctx) }))
+		err := c.agentCall(ctx, i, agentStopTimeout, "terminate", func(ctx context.Context, a client.Agent) error { return a.Terminate(ctx) })
+		if err != nil {
+			// Its faults stay on record: the report must not call a
+			// member healed that an unreachable agent left down.
+			errs = append(errs, err)
+			continue
+		}
+		c.forgetProcessFaults(i)
 	}
-	err := errors.Join(errs...)
-	c.forgetProcessFaults()
-	return err
+	return errors.Join(errs...)
 }
 
 // Archive stops every member and has its agent move its data and log to an
@@ -255,10 +260,12 @@ func (c *Cluster) Archive(ctx context.Context, label string) (map[string]string,
 		return c.agentCall(ctx, i, agentStopTimeout, "archive", func(ctx context.Context, a client.Agent) error {
 			d, err := a.Archive(ctx, label)
 			dirs[i] = d
+			if err == nil {
+				c.forgetProcessFaults(i)
+			}
 			return err
 		})
 	})
-	c.forgetProcessFaults()
 	out := map[string]string{}
 	for i, d := range dirs {
 		if d != "" {
@@ -294,7 +301,9 @@ func (c *Cluster) Bootstrap(ctx context.Context) error {
 	if err := c.healNetwork(ctx); err != nil {
 		return fmt.Errorf("bootstrap: faults of the previous cluster: %w", err)
 	}
-	c.forgetProcessFaults()
+	for i := range c.members {
+		c.forgetProcessFaults(i)
+	}
 	c.boots++
 	c.token = fmt.Sprintf("etcd-tester-%d-%d-%d", c.cfg.Seed, c.boots, time.Now().UnixNano())
 	var initial []string
@@ -952,13 +961,14 @@ func (c *Cluster) healNetwork(ctx context.Context) error {
 	return c.heal(ctx, func(f injection) bool { return f.kind == faultDropped || f.kind == faultDelayed })
 }
 
-// forgetProcessFaults drops the records that ended with the processes
-// (Terminate, Archive): a stopped or paused etcd is no longer there.
-func (c *Cluster) forgetProcessFaults() {
+// forgetProcessFaults drops member i's records that ended with its process
+// (Terminate, Archive, a new bootstrap): a stopped, paused or removed etcd
+// is no longer there.
+func (c *Cluster) forgetProcessFaults(i int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.faults = slices.DeleteFunc(c.faults, func(f injection) bool {
-		return f.kind == faultStopped || f.kind == faultPaused || f.kind == faultRemoved
+		return f.member == i && (f.kind == faultStopped || f.kind == faultPaused || f.kind == faultRemoved)
 	})
 }
 

@@ -210,3 +210,40 @@ func TestInterruptReportsUnhealed(t *testing.T) {
 		t.Errorf("unhealed %v", tr.report.Unhealed)
 	}
 }
+
+// A member whose agent cannot be reached stays on record as faulty after
+// Terminate and Archive: the report must not call it healed.
+func TestUnreachableMemberStaysOnRecord(t *testing.T) {
+	ctx := context.Background()
+	c, fakes := fakeCluster(t, 3)
+	startAll(t, fakes)
+	if err := c.stopMember(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.pauseMember(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	unreachable := errors.New("agent unreachable")
+	fakes[0].setFail("Terminate", unreachable)
+	fakes[0].setFail("Archive", unreachable)
+
+	if _, err := c.Archive(ctx, "label"); !errors.Is(err, unreachable) {
+		t.Fatalf("Archive: %v, want the unreachable agent's error", err)
+	}
+	if got, want := c.Faults(), []string{"etcd-0: stopped"}; !slices.Equal(got, want) {
+		t.Fatalf("after Archive faults %v, want %v (etcd-1 archived, etcd-0 not)", got, want)
+	}
+	if err := c.Terminate(ctx); !errors.Is(err, unreachable) {
+		t.Fatalf("Terminate: %v, want the unreachable agent's error", err)
+	}
+	if got, want := c.Faults(), []string{"etcd-0: stopped"}; !slices.Equal(got, want) {
+		t.Fatalf("after Terminate faults %v, want %v", got, want)
+	}
+	fakes[0].setFail("Terminate", nil)
+	if err := c.Terminate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Faults(); len(got) != 0 {
+		t.Fatalf("after a successful Terminate faults %v, want none", got)
+	}
+}
