@@ -408,6 +408,8 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 	select {
 	case <-p.done:
 		a.mu.Lock()
+		// No member behind the proxy: Status must not claim one.
+		a.closeProxyLocked()
 		a.save()
 		a.mu.Unlock()
 		return 0, fmt.Errorf("etcd pid %d exited at once; its log ends:\n%s", p.pid, tailFrom(logPath, logStart, 20))

@@ -714,6 +714,31 @@ func TestArgsCannotChangeTheBinary(t *testing.T) {
 	expectServing(t, c)
 }
 
+// TestFailedStartLeavesNoProxy checks that an etcd that exits at once
+// leaves no peer proxy behind: Status does not claim one, and its port is
+// free again.
+func TestFailedStartLeavesNoProxy(t *testing.T) {
+	t.Parallel()
+	s := serve(t, agent.Config{EtcdPath: etcdBinary(t)})
+	c := s.client(t, client.Config{})
+	m := newMember(t, "bad", true)
+	_, err := c.Start(context.Background(), append(m.args, "--no-such-flag"))
+	expectErr(t, "Start with a bad flag", err, "exited at once")
+	st, err := c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PeerProxy {
+		t.Errorf("Status claims a peer proxy after a failed start: %+v", st)
+	}
+	ln, err := net.Listen("tcp", fmt.Sprintf(":%d", m.advertisedPort))
+	if err != nil {
+		t.Fatalf("the proxy's port %d is still taken after a failed start: %v", m.advertisedPort, err)
+	}
+	ln.Close()
+	expectServing(t, c)
+}
+
 // TestPathsOutsideTheBaseDirAreRefused checks the flags by which a caller
 // could make etcd write or use a directory outside the base dir.
 func TestPathsOutsideTheBaseDirAreRefused(t *testing.T) {

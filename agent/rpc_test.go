@@ -131,6 +131,17 @@ func TestOversizedRequestIsRefused(t *testing.T) {
 		rc.Close()
 		t.Fatal("a 3 MiB request got no answer in 10 s")
 	}
+	// The agent ends that connection rather than decode the rest of the
+	// oversized request as further requests.
+	next := rc.Go(wire.MethodStatus, struct{}{}, &wire.Status{}, nil)
+	select {
+	case <-next.Done:
+		if next.Error == nil {
+			t.Error("the connection of an oversized request still served a Status")
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the connection of an oversized request was still open after 10 s")
+	}
 	rc.Close()
 	if call.Error == nil {
 		t.Fatalf("a 3 MiB Start was accepted (pid %d)", pid)

@@ -251,16 +251,21 @@ var errRequestTooLarge = errors.New("request too large")
 // limitedReader fails once more than limit bytes were read since reset.
 // No read goes past limit+1: one read may return a whole large request,
 // which would then be decoded without the next read ever failing.
+// Once tripped it stays tripped: the rest of the oversized request is still
+// in the stream, and must not be decoded as the next request, so the
+// connection ends after the error is answered.
 type limitedReader struct {
-	r     io.Reader
-	n     int64
-	limit int64
+	r       io.Reader
+	n       int64
+	limit   int64
+	tripped bool
 }
 
 func (l *limitedReader) reset() { l.n = 0 }
 
 func (l *limitedReader) Read(p []byte) (int, error) {
-	if l.n > l.limit {
+	if l.tripped || l.n > l.limit {
+		l.tripped = true
 		return 0, fmt.Errorf("%w: over %d bytes", errRequestTooLarge, l.limit)
 	}
 	if room := l.limit + 1 - l.n; int64(len(p)) > room {
