@@ -34,6 +34,7 @@ import (
 
 	"github.com/etcd-functional/functional/agent/netfault"
 	"github.com/etcd-functional/functional/agent/wire"
+	"github.com/etcd-functional/functional/internal/logtail"
 )
 
 var plog = capnslog.NewPackageLogger("github.com/etcd-functional/functional", "agent")
@@ -412,7 +413,7 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 		a.closeProxyLocked()
 		a.save()
 		a.mu.Unlock()
-		return 0, fmt.Errorf("etcd pid %d exited at once; its log ends:\n%s", p.pid, tailFrom(logPath, logStart, 20))
+		return 0, fmt.Errorf("etcd pid %d exited at once; its log ends:\n%s", p.pid, logtail.File(logPath, logStart, 20))
 	case <-time.After(startCheck):
 	}
 	plog.Infof("started etcd pid %d: %s", p.pid, strings.Join(args, " "))
@@ -446,7 +447,11 @@ func (a *Agent) ensureProxy() error {
 
 // Stop stops etcd gracefully: SIGTERM, SIGINT, SIGKILL, each after the
 // configured wait.
-func (a *Agent) Stop() error {
+func (a *Agent) Stop() error { return a.stopRunning(a.ladder()) }
+
+// stopRunning stops the running etcd with the given ladder, or says why
+// there is none to stop.
+func (a *Agent) stopRunning(steps []stopStep) error {
 	if err := a.lockOp(); err != nil {
 		return err
 	}
@@ -457,7 +462,7 @@ func (a *Agent) Stop() error {
 	if err != nil {
 		return err
 	}
-	return a.stop(p, a.ladder())
+	return a.stop(p, steps)
 }
 
 // stop stops p with the given ladder (SIGKILL is always the last rung) and
@@ -498,19 +503,7 @@ func (a *Agent) Restart() (int, error) {
 }
 
 // Kill sends SIGKILL at once: a crash.
-func (a *Agent) Kill() error {
-	if err := a.lockOp(); err != nil {
-		return err
-	}
-	defer a.op.Unlock()
-	a.mu.Lock()
-	p, err := a.runningLocked()
-	a.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return a.stop(p, nil)
-}
+func (a *Agent) Kill() error { return a.stopRunning(nil) }
 
 // Pause stops the process with SIGSTOP.
 func (a *Agent) Pause() error {
@@ -856,23 +849,4 @@ func fileSize(path string) int64 {
 		return 0
 	}
 	return st.Size()
-}
-
-// tailFrom returns the last n lines written to path after offset.
-func tailFrom(path string, offset int64, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, 0); err != nil {
-		return "(log unreadable: " + err.Error() + ")"
-	}
-	b := make([]byte, 64<<10)
-	k, _ := f.Read(b)
-	lines := strings.Split(strings.TrimRight(string(b[:k]), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/etcd-functional/functional/internal/etcdtest"
 	"github.com/etcd-functional/functional/internal/freeport"
 	"github.com/etcd-functional/functional/internal/logfmt"
+	"github.com/etcd-functional/functional/internal/logtail"
 )
 
 // helperEnv marks a process as the signal-recording helper: the agent runs
@@ -254,9 +255,9 @@ func serveTLS(t *testing.T, cfg agent.Config, tlsConfig *tls.Config) *served {
 		if t.Failed() {
 			// Parallel tests share the log; the lines are still the best
 			// account of what this agent did.
-			t.Logf("agent log since this agent started (all tests):\n%s", lastLines(agentLog.since(mark), 60))
+			t.Logf("agent log since this agent started (all tests):\n%s", logtail.Lines(agentLog.since(mark), 60))
 			if b, err := os.ReadFile(filepath.Join(cfg.BaseDir, "etcd.log")); err == nil {
-				t.Logf("etcd.log ends:\n%s", lastLines(string(b), 20))
+				t.Logf("etcd.log ends:\n%s", logtail.Lines(string(b), 20))
 			}
 		}
 		cancel()
@@ -275,11 +276,6 @@ func serveTLS(t *testing.T, cfg agent.Config, tlsConfig *tls.Config) *served {
 		}
 	})
 	return s
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // client returns a typed client of s; it is closed when the test ends,

@@ -42,6 +42,7 @@ import (
 	"github.com/etcd-functional/functional/agent/wire"
 	"github.com/etcd-functional/functional/internal/etcdtest"
 	"github.com/etcd-functional/functional/internal/localnet"
+	"github.com/etcd-functional/functional/internal/logtail"
 )
 
 // Ports inside the agent's namespace. etcd listens for peers on
@@ -692,7 +693,7 @@ func (r *svRig) cleanup() {
 	}
 	if r.t.Failed() {
 		for _, f := range []string{filepath.Join(r.logDir, "agent.log"), filepath.Join(r.dir, "etcd.log")} {
-			r.t.Logf("---- %s (tail) ----\n%s", f, etcdtest.Tail(f, 60))
+			r.t.Logf("---- %s (tail) ----\n%s", f, logtail.File(f, 0, 60))
 		}
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcd-functional/functional/internal/freeport"
+	"github.com/etcd-functional/functional/internal/logtail"
 )
 
 // EnvBinary names the environment variable that overrides the etcd binary.
@@ -308,21 +309,7 @@ func (c *Cluster) tails() string {
 
 func (c *Cluster) logTails(t testing.TB) { t.Log("etcdtest: member logs\n" + c.tails()) }
 
-func (m *Member) logTail(lines int) string { return Tail(m.logPath, lines) }
-
-// Tail returns the last n lines of the file at path, for a test's log when
-// it fails, or the error that kept it from reading the file.
-func Tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (m *Member) logTail(lines int) string { return logtail.File(m.logPath, 0, lines) }
 
 // launch starts the process; the caller holds no lock.
 func (m *Member) launch() error {

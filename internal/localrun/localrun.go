@@ -16,7 +16,6 @@
 package localrun
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -35,6 +34,7 @@ import (
 	"github.com/coreos/pkg/capnslog"
 
 	"github.com/etcd-functional/functional/internal/localnet"
+	"github.com/etcd-functional/functional/internal/logtail"
 )
 
 var plog = capnslog.NewPackageLogger("github.com/etcd-functional/functional", "localrun")
@@ -228,7 +228,7 @@ func (s *setup) bringUp(ctx context.Context, cfg Config, mode string) (endpoints
 	for i, ep := range endpoints {
 		if err := waitListening(ctx, ep, 15*time.Second); err != nil {
 			return nil, nil, fmt.Errorf("agent %d at %s did not come up: %w; its log ends:\n%s", i, ep, err,
-				tail(filepath.Join(cfg.ReportDir, "agents", fmt.Sprintf("agent-%d.log", i)), 10))
+				logtail.File(filepath.Join(cfg.ReportDir, "agents", fmt.Sprintf("agent-%d.log", i)), 0, 10))
 		}
 	}
 	plog.Infof("agents up: %s", strings.Join(endpoints, ", "))
@@ -431,23 +431,6 @@ func exited(pid int) bool {
 	}
 	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	return err != nil || len(tasks) <= 1
-}
-
-func tail(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-		if len(lines) > n {
-			lines = lines[1:]
-		}
-	}
-	return strings.Join(lines, "\n")
 }
 
 // becomeSubreaper makes this process adopt orphans of its children: an
