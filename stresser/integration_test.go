@@ -93,8 +93,11 @@ func TestKeyStresserLifecycle(t *testing.T) {
 		t.Errorf("ModifiedKeys %d < %d successful puts", s.ModifiedKeys(), st.Ops["put"].Success)
 	}
 
-	// Paused: nothing is sent.
+	// Paused: nothing is sent. A request Pause cut off may already have
+	// reached etcd and still commit (it is counted as canceled), so the
+	// revision is taken once those have settled.
 	cli := c.Client(t)
+	time.Sleep(300 * time.Millisecond)
 	rev := revision(t, cli)
 	modified := s.ModifiedKeys()
 	time.Sleep(500 * time.Millisecond)
