@@ -5,11 +5,21 @@
 // iptables, as on a separate machine, so every member can use the ordinary
 // etcd ports and isolation can be real packet filtering.
 //
-// Nothing outside what a Net creates is touched: the only change to the root
-// namespace besides the bridge and the veths is a pair of FORWARD rules that
-// accept traffic within the subnet (a Docker host's FORWARD policy is DROP,
-// and with br_netfilter bridged traffic passes that chain). Close removes all
-// of it, and Remove clears what a killed run left behind. It needs root.
+// Nothing outside what a Net creates is touched: the only changes to the
+// root namespace besides the bridge and the veths are a FORWARD rule that
+// accepts traffic within the subnet (a Docker host's FORWARD policy is DROP,
+// and with br_netfilter bridged traffic passes that chain) and an
+// unreachable route for the subnet. Close removes all of it, and Remove
+// clears what a killed run left behind. It needs root.
+//
+// The unreachable route keeps the subnet's traffic on this machine. It is
+// installed before the bridge and removed after everything else, with a
+// metric above the bridge's own route, so it carries nothing while the
+// bridge is up; once the bridge is gone, a connect to a host's address
+// fails here at once ("no route to host") instead of following the default
+// route off the machine to whatever network owns those addresses there. A
+// run killed before its teardown leaves the route in place, which is the
+// safe way round: the next Create or Remove of that name takes it away.
 package localnet
 
 import (
@@ -132,6 +142,7 @@ func Create(c Config) (n *Net, err error) {
 	}
 	bits := strconv.Itoa(c.Subnet.Bits())
 	steps := [][]string{
+		{"ip", "route", "add", "unreachable", c.Subnet.String(), "metric", strconv.FormatUint(uint64(routeMetric(c.Name)), 10)},
 		{"ip", "link", "add", n.Bridge, "type", "bridge"},
 		{"ip", "addr", "add", n.Gateway.String() + "/" + bits, "dev", n.Bridge},
 		{"ip", "link", "set", n.Bridge, "up"},
@@ -217,6 +228,47 @@ func Remove(name string) error {
 	}
 	if err := removeForwardRules(name); err != nil {
 		errs = append(errs, err)
+	}
+	// Last, and only once the bridge is gone: until then the subnet's
+	// traffic must not be able to leave the machine.
+	if len(errs) == 0 {
+		if err := removeRoutes(name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// routeMetric is the metric of the unreachable route of the network named
+// name. Routes carry no name, so the metric, derived from the name, is how
+// Remove finds the route a killed run left; it is far above the 0 of the
+// bridge's own route for the subnet, which therefore wins while it exists.
+func routeMetric(name string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return 1_000_000 + h.Sum32()%1_000_000_000
+}
+
+// removeRoutes deletes the unreachable routes of the network named name.
+func removeRoutes(name string) error {
+	out, err := run("ip", "-o", "route", "show", "type", "unreachable")
+	if err != nil {
+		return err
+	}
+	metric := strconv.FormatUint(uint64(routeMetric(name)), 10)
+	var errs []error
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		// "unreachable 10.213.7.0/24 metric 123 ..."
+		if len(f) < 2 || f[0] != "unreachable" {
+			continue
+		}
+		if i := slices.Index(f, "metric"); i < 0 || i+1 >= len(f) || f[i+1] != metric {
+			continue
+		}
+		if _, err := run("ip", "route", "del", "unreachable", f[1], "metric", metric); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

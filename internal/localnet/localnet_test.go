@@ -2,12 +2,14 @@ package localnet
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -215,4 +217,70 @@ func assertGone(t *testing.T, name string) {
 	if strings.Contains(string(out), "localnet:"+name) {
 		t.Errorf("FORWARD rules left:\n%s", out)
 	}
+	if routes := unreachableRoutes(t, name); routes != "" {
+		t.Errorf("unreachable routes left: %s", routes)
+	}
+}
+
+// unreachableRoutes lists the unreachable routes of the network named
+// name, one a line.
+func unreachableRoutes(t *testing.T, name string) string {
+	t.Helper()
+	out, err := exec.Command("ip", "-o", "route", "show", "type", "unreachable").Output()
+	if err != nil {
+		t.Fatalf("ip route: %v", err)
+	}
+	var mine []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, fmt.Sprintf(" metric %d", routeMetric(name))) {
+			mine = append(mine, l)
+		}
+	}
+	return strings.Join(mine, "\n")
+}
+
+// TestTrafficStaysHome: once a network's bridge is gone (torn down, or
+// removed under a live run), a connect to one of its hosts fails on this
+// machine at once rather than following the default route off it; while
+// the bridge is up, the route carries nothing.
+func TestTrafficStaysHome(t *testing.T) {
+	needRoot(t)
+	n, err := Create(Config{Name: "lntest6", Hosts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	if unreachableRoutes(t, "lntest6") == "" {
+		t.Fatal("no unreachable route for the subnet while the network is up")
+	}
+	startEcho(t, n, 0, 7001)
+	target := fmt.Sprintf("%s:7001", n.Hosts[0].Addr)
+	if err := roundTrip(func() (net.Conn, error) { return net.DialTimeout("tcp", target, 2*time.Second) }); err != nil {
+		t.Fatalf("with the bridge up, root namespace -> host 0: %v", err)
+	}
+	if out, err := exec.Command("ip", "route", "get", n.Hosts[0].Addr.String()).CombinedOutput(); err != nil || !strings.Contains(string(out), "dev "+n.Bridge) {
+		t.Fatalf("with the bridge up, the host's route is not the bridge: %s %v", out, err)
+	}
+
+	if out, err := exec.Command("ip", "link", "del", n.Bridge).CombinedOutput(); err != nil {
+		t.Fatalf("delete the bridge: %v: %s", err, out)
+	}
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", target, 5*time.Second)
+	took := time.Since(start)
+	if err == nil {
+		c.Close()
+		t.Fatalf("connected to %s with the bridge gone", target)
+	}
+	if !errors.Is(err, syscall.EHOSTUNREACH) || took > time.Second {
+		t.Fatalf("with the bridge gone, connect to %s: %v after %v; want no route to host at once", target, err, took)
+	}
+	if out, _ := exec.Command("ip", "route", "get", n.Hosts[0].Addr.String()).CombinedOutput(); strings.Contains(string(out), " via ") {
+		t.Fatalf("with the bridge gone, the host's address routes off the machine: %s", out)
+	}
+
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, "lntest6")
 }
