@@ -12,11 +12,14 @@ GOFLAGS_STATIC := CGO_ENABLED=0
 build: etcd agent tester localrun
 
 # ARGS go to etcd-tester, e.g. make run ARGS='-cases SIGKILL_LEADER -limit 3'.
-# The report lands in $(REPORT).
+# The report lands in $(REPORT). A run holds its NAME (namespaces, bridge,
+# rules) and its REPORT while it lives: a second run at the same time needs
+# both of its own, e.g. make run NAME=run2 REPORT=report2.
+NAME   ?= etcdrun
 REPORT ?= report
 ARGS   ?=
 run: build
-	$(BIN)/etcd-localrun -report-dir $(REPORT) -- $(ARGS)
+	$(BIN)/etcd-localrun -net-name $(NAME) -report-dir $(REPORT) -- $(ARGS)
 
 # Every test: vet, the unit and integration tests with the race detector,
 # the fuzz targets briefly, a short end-to-end run through `make run`'s
@@ -34,9 +37,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzServerCodec$$' -fuzztime $(FUZZTIME) ./agent/
 
 # A few cases of every family, one round, then proof that nothing is left.
+# Its name and report dir are its own, so it can run beside a `make run`.
 E2E_CASES ?= SIGTERM_ONE_FOLLOWER,SIGKILL_LEADER,SIGSTOP_ONE_FOLLOWER,BLACKHOLE_PEER_PORT_TX_RX_LEADER,DELAY_PEER_PORT_TX_RX_ONE_FOLLOWER,SIGQUIT_AND_REMOVE_ONE_FOLLOWER,NO_FAIL_WITH_STRESS
+E2E_NAME   ?= etcde2e
+E2E_REPORT ?= report-e2e
 e2e: build
-	$(BIN)/etcd-localrun -report-dir $(REPORT)/e2e -- -cases $(E2E_CASES) -limit 1
+	$(BIN)/etcd-localrun -net-name $(E2E_NAME) -report-dir $(E2E_REPORT) -- -cases $(E2E_CASES) -limit 1
 	$(MAKE) --no-print-directory check-clean
 
 docker-e2e: build
@@ -46,12 +52,10 @@ docker-e2e: build
 		echo "docker-e2e: skipped: no Docker engine answers"; \
 	fi
 
-# Fails if a run left a namespace, a rule or a process of ours behind.
+# Fails if a run or test left a namespace, a rule or a process of ours
+# behind; what belongs to a run still going beside it is not a leftover.
 check-clean:
-	@! ip netns list 2>/dev/null | grep -E '^(etcdrun|sv|agtest|nftest)' || { echo "leftover network namespaces"; exit 1; }
-	@! iptables -w -S 2>/dev/null | grep -E 'ETCD-AGENT|localnet:' || { echo "leftover iptables rules"; exit 1; }
-	@! pgrep -a -f '^$(CURDIR)/$(BIN)/etcd' || { echo "leftover etcd or agent processes"; exit 1; }
-	@echo "check-clean: nothing left behind"
+	@tools/check-clean $(BIN)
 
 # bin/etcd is the real etcd at the release pinned in tools/etcd/go.mod, or a
 # copy of $(ETCD).

@@ -13,6 +13,12 @@
 // are stopped (they heal their faults and stop etcd), then every process,
 // namespace, link and rule the run created is removed. A run also clears
 // what a killed earlier run left behind before it starts.
+//
+// Runs can go side by side: each holds a lock on its name and report dir
+// for as long as it lives (lock.go), so a second run of a live run's name,
+// or with a report dir inside or around a live run's, is refused before it
+// touches anything, and only the leftovers of a dead run are cleared. The
+// tester's metrics port is chosen free for the same reason.
 package localrun
 
 import (
@@ -86,8 +92,15 @@ func Run(ctx context.Context, cfg Config, interrupt <-chan os.Signal) (status in
 	becomeSubreaper()
 	defer reapOrphans()
 
+	lock, err := lockRun(cfg)
+	if err != nil {
+		return 2, err
+	}
+	defer lock.release()
 	mode, why := cfg.chooseMode()
 	plog.Infof("mode %s: %s", mode, why)
+	// The lock is ours: no live run has this name, so what is there is a
+	// dead run's.
 	cleanLeftovers(cfg)
 	if mode == ModeLoopback {
 		if err := checkPortsFree(cfg.Hosts); err != nil {
@@ -117,9 +130,13 @@ func Run(ctx context.Context, cfg Config, interrupt <-chan os.Signal) (status in
 		}
 		return 2, err
 	}
+	// The metrics port is chosen free (the tester logs it), so that runs
+	// side by side do not fight over one; -metrics-addr among the user's
+	// arguments, which come last, wins.
 	args := append([]string{
 		"-agent-endpoints", strings.Join(endpoints, ","),
 		"-report-dir", cfg.ReportDir,
+		"-metrics-addr", "127.0.0.1:0",
 	}, testerArgs...)
 	args = append(args, cfg.TesterArgs...)
 	return runTester(ctx, cfg, args, interrupt)

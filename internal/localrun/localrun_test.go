@@ -757,3 +757,49 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestSideBySide: two netns runs of different names at once both pass,
+// each with its own network and report; a third run that reuses the name
+// of a live one is refused at once, naming that run, and leaves it alone.
+func TestSideBySide(t *testing.T) {
+	bin := binDir(t)
+	needNetns(t)
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	// A hold long enough for the refused run to start and end inside it.
+	held := []string{"-cases", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS", "-case-delay", "8s", "-limit", "1"}
+	ra := startRun(t, bin, netnsFlags("lrsa", a), held...)
+	rb := startRun(t, bin, netnsFlags("lrsb", b), held...)
+	ra.waitOutput("] inject: ", 90*time.Second)
+	rb.waitOutput("] inject: ", 90*time.Second)
+
+	refused := startRun(t, bin, netnsFlags("lrsa", filepath.Join(dir, "c")), shortCase...)
+	if st := refused.wait(10 * time.Second); st != 2 {
+		t.Fatalf("a run reusing a live run's name: exit status %d, want 2\n%s", st, refused.out)
+	}
+	out := refused.out.String()
+	if !strings.Contains(out, "another run is going") || !strings.Contains(out, fmt.Sprintf("pid %d", ra.cmd.Process.Pid)) {
+		t.Errorf("the refusal does not name the live run (pid %d):\n%s", ra.cmd.Process.Pid, out)
+	}
+	if refused.took > 5*time.Second {
+		t.Errorf("the refusal took %v; want at once", refused.took)
+	}
+	if strings.Contains(out, "killing leftover") || strings.Contains(out, "mode netns") {
+		t.Errorf("the refused run touched something before refusing:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "c")); err == nil {
+		t.Errorf("the refused run created its report dir")
+	}
+
+	for _, r := range []struct {
+		run    *run
+		name   string
+		report string
+	}{{ra, "lrsa", a}, {rb, "lrsb", b}} {
+		if st := r.run.wait(120 * time.Second); st != 0 {
+			t.Fatalf("run %s beside another: exit status %d, want 0\n%s", r.name, st, r.run.out)
+		}
+		wantPassed(t, r.report)
+		wantClean(t, r.name, r.report, true, nil)
+	}
+}
