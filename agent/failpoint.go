@@ -49,10 +49,16 @@ const (
 	maxFailpointChain = 8
 )
 
-// failpointSupport is what New found out about the etcd binary.
+// failpointSupport is what New found out about the etcd binary, and the
+// port its failpoints are served on.
 type failpointSupport struct {
 	ok     bool
 	reason string // why not, when !ok
+	// port is the loopback port every etcd this agent starts serves its
+	// failpoints on; picked at the first start, kept while it stays free
+	// (one etcd runs at a time), so that a long run does not use up ports.
+	// Guarded by Agent.op.
+	port int
 }
 
 // detectFailpoints reports whether bin was built with gofail failpoints.
@@ -73,17 +79,32 @@ func detectFailpoints(bin string) failpointSupport {
 // for a binary without failpoints; for one with them, the agent's own with
 // GOFAIL_HTTP set to a free loopback address. A caller's GOFAIL_HTTP is
 // replaced: the agent must know where the failpoints are served, and they
-// must never listen beyond loopback.
+// must never listen beyond loopback. a.op held.
 func (a *Agent) etcdEnv() ([]string, error) {
 	if !a.fp.ok {
 		return nil, nil
 	}
-	ports, err := freeport.Take(1, 1)
-	if err != nil {
-		return nil, fmt.Errorf("pick a loopback port for etcd's failpoints: %w", err)
+	if a.fp.port == 0 || !loopbackFree(a.fp.port) {
+		// Below the ephemeral range, so that no outgoing connection takes
+		// it between this check and etcd binding it.
+		ports, err := freeport.Take(1, 1)
+		if err != nil {
+			return nil, fmt.Errorf("pick a loopback port for etcd's failpoints: %w", err)
+		}
+		a.fp.port = ports[0]
 	}
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, gofailEnv+"=") })
-	return append(env, gofailEnv+"="+net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))), nil
+	return append(env, gofailEnv+"="+net.JoinHostPort("127.0.0.1", strconv.Itoa(a.fp.port))), nil
+}
+
+// loopbackFree reports whether port can be bound on 127.0.0.1 now.
+func loopbackFree(port int) bool {
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
 }
 
 // failpointAddr returns the loopback address the running etcd serves its

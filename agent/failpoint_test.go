@@ -203,8 +203,8 @@ func TestFailpointsOnFailpointBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHealthy(t, m.clientURL())
-	if a2 := gofailHTTP(t, pid2); a2 == "" {
-		t.Fatalf("restarted etcd pid %d has no GOFAIL_HTTP", pid2)
+	if a2 := gofailHTTP(t, pid2); a2 != addr {
+		t.Fatalf("restarted etcd pid %d: GOFAIL_HTTP=%q, want the agent's port kept (%s)", pid2, a2, addr)
 	}
 	fps, err = fp.Failpoints(ctx)
 	if err != nil {
