@@ -344,3 +344,39 @@ func TestFailpointNamesAndTermsRefused(t *testing.T) {
 	}
 	expectServing(t, c)
 }
+
+// TestFailpointsOfAdoptedEtcd: an agent that adopts the etcd of a
+// predecessor (here: a second agent on the same base dir) reaches its
+// failpoints, since the address is read from etcd's own environment.
+func TestFailpointsOfAdoptedEtcd(t *testing.T) {
+	bin := failpointBinary(t)
+	s := serve(t, agent.Config{EtcdPath: bin})
+	m := newMember(t, "fpadopt0", false)
+	pid, err := s.Start(m.args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHealthy(t, m.clientURL())
+	if err := s.ArmFailpoint("raftAfterSave", "sleep(1)"); err != nil {
+		t.Fatal(err)
+	}
+
+	b, err := agent.New(agent.Config{EtcdPath: bin, BaseDir: s.base, NetworkFaults: agent.FaultsProxy, SigtermWait: 5 * time.Second, SigintWait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close() // stops etcd; the first agent's cleanup then finds it gone
+	if st := b.Status(); st.Pid != pid || !st.Adopted || !st.Failpoints {
+		t.Fatalf("second agent: Status pid %d adopted %t failpoints %t, want pid %d adopted, with failpoints", st.Pid, st.Adopted, st.Failpoints, pid)
+	}
+	fps, err := b.Failpoints()
+	if err != nil {
+		t.Fatalf("Failpoints through the adopting agent: %v", err)
+	}
+	if !slices.Contains(fps, wire.Failpoint{Name: "raftAfterSave", Term: "sleep(1)"}) {
+		t.Fatalf("adopting agent sees %v, want raftAfterSave armed with sleep(1) by the first agent", fps)
+	}
+	if err := b.DisarmFailpoint("raftAfterSave"); err != nil {
+		t.Fatal(err)
+	}
+}
