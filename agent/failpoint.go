@@ -326,16 +326,19 @@ var failpointTerm = regexp.MustCompile(`^((?:[0-9]+\*|[0-9]+(?:\.[0-9]+)?%)*)([a
 
 var (
 	failpointMod = regexp.MustCompile(`[0-9]+\*|[0-9]+(?:\.[0-9]+)?%`)
-	// returnValue is what gofail parses back exactly: an integer, a bool, or
-	// a quoted string without escapes.
-	returnValue = regexp.MustCompile(`^(\(\)|\(-?[0-9]{1,18}\)|\(true\)|\(false\)|\("[A-Za-z0-9 _.:/-]{0,100}"\))?$`)
+	// returnValue is what gofail parses back exactly: an integer in its
+	// shortest form (gofail re-prints it to find where it ended), a bool,
+	// or a quoted string without escapes.
+	returnValue = regexp.MustCompile(`^(\(\)|\((0|-?[1-9][0-9]{0,17})\)|\(true\)|\(false\)|\("[A-Za-z0-9 _.:/-]{0,100}"\))?$`)
+	// sleepMs is sleep's value, whole milliseconds in their shortest form.
+	sleepMs = regexp.MustCompile(`^\((0|[1-9][0-9]{0,8})\)$`)
 	// panicValue is the message of panic("..."), which etcd's log shows as
 	// "panic: failpoint panic: MESSAGE"; a bare panic logs "failpoint
 	// panic: {}" (gofail v0.2.0), without the failpoint's name.
 	panicValue = regexp.MustCompile(`^\("[A-Za-z0-9 _.:/-]{1,100}"\)$`)
 )
 
-const termHelp = `want gofail's [N*][P%]ACTION with ACTION one of panic, panic("MESSAGE"), sleep(ms), return, return(v), print, off (e.g. "panic", "sleep(100)", "1*panic", "50%return(true)"), optionally chained with "->"`
+const termHelp = `want gofail's [N*][P.P%]ACTION with ACTION one of panic, panic("MESSAGE"), sleep(ms), return, return(v), print, off (e.g. "panic", "sleep(100)", "1*panic", "50.0%return(true)"), optionally chained with "->"`
 
 // validateFailpointTerm checks a term before it reaches etcd: gofail's own
 // parser prints to etcd's log and answers only "could not parse".
@@ -371,9 +374,14 @@ func validateOneTerm(t string) error {
 			}
 			continue
 		}
+		if !strings.Contains(mod, ".") {
+			// gofail v0.2.0 reads a whole number as a count and then
+			// wants "*": "50%" does not parse.
+			return fmt.Errorf("modifier %q: gofail reads a whole number as a count (N*): write the percentage with a decimal point, e.g. %s.0%%", mod, strings.TrimSuffix(mod, "%"))
+		}
 		p, err := strconv.ParseFloat(strings.TrimSuffix(mod, "%"), 64)
 		if err != nil || p <= 0 || p > 100 {
-			return fmt.Errorf("modifier %q: want P%% with P in (0, 100]", mod)
+			return fmt.Errorf("modifier %q: want P%% with P in (0, 100] and a decimal point, e.g. 50.0%%", mod)
 		}
 	}
 	switch action {
@@ -386,10 +394,12 @@ func validateOneTerm(t string) error {
 			return fmt.Errorf("%q: %s takes no value", t, action)
 		}
 	case "sleep":
-		ms, ok := strings.CutPrefix(value, "(")
-		ms, ok2 := strings.CutSuffix(ms, ")")
-		n, err := strconv.Atoi(ms)
-		if !ok || !ok2 || err != nil || n < 0 || time.Duration(n)*time.Millisecond > wire.MaxFailpointSleep {
+		m := sleepMs.FindStringSubmatch(value)
+		var n int
+		if m != nil {
+			n, _ = strconv.Atoi(m[1])
+		}
+		if m == nil || time.Duration(n)*time.Millisecond > wire.MaxFailpointSleep {
 			return fmt.Errorf("%q: want sleep(ms) with ms a whole number in 0..%d", t, wire.MaxFailpointSleep.Milliseconds())
 		}
 	case "return":

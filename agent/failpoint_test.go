@@ -51,6 +51,12 @@ func failpointBinary(t *testing.T) string {
 	return ""
 }
 
+// goodTerms are terms the agent accepts; TestFailpointsOnFailpointBuild
+// proves that gofail accepts each of them too.
+var goodTerms = []string{"panic", `panic("boom")`, "off", "print", "return", "return()", "return(0)", "return(1)", "return(-7)",
+	"return(true)", "return(false)", `return("x y")`, "sleep(0)", "sleep(100)", "sleep(60000)", "1*panic", "50.0%panic",
+	"12.5%return(false)", "2*50.0%sleep(10)", "1*sleep(100)->panic", "3*off->panic", "100.0%print"}
+
 // failpointer returns the failpoint side of c.
 func failpointer(t *testing.T, c client.Agent) client.Failpointer {
 	t.Helper()
@@ -144,6 +150,20 @@ func TestFailpointsOnFailpointBuild(t *testing.T) {
 		}
 	}
 	t.Logf("%d failpoints: %s", len(names), strings.Join(names, " "))
+
+	// Every term the agent accepts, gofail accepts too (on a failpoint that
+	// only a defragmentation reaches, so none acts).
+	for _, term := range goodTerms {
+		if err := fp.ArmFailpoint(ctx, "defragBeforeCopy", term); err != nil {
+			t.Errorf("arm defragBeforeCopy with %q: %v", term, err)
+		}
+	}
+	if fps, err := fp.Failpoints(ctx); err != nil || !slices.Contains(fps, wire.Failpoint{Name: "defragBeforeCopy", Term: goodTerms[len(goodTerms)-1]}) {
+		t.Fatalf("Failpoints after arming defragBeforeCopy: %v, %v; want it armed with %q", fps, err, goodTerms[len(goodTerms)-1])
+	}
+	if err := fp.DisarmFailpoint(ctx, "defragBeforeCopy"); err != nil {
+		t.Fatal(err)
+	}
 
 	expectErr(t, "arm an unknown failpoint", fp.ArmFailpoint(ctx, "noSuchFailpoint", "panic"), `failpoint "noSuchFailpoint"`, "no such failpoint", "raftBeforeSave")
 	_, err = fp.FailpointCount(ctx, "raftAfterSave")
@@ -302,10 +322,7 @@ func TestFailpointNamesAndTermsRefused(t *testing.T) {
 	defer cancel()
 
 	const noFailpoints = "built without gofail failpoints"
-	good := []string{"panic", "off", "print", "return", "return()", "return(1)", "return(-7)", "return(true)", `return("x y")`,
-		`panic("boom")`, "sleep(0)", "sleep(100)", "sleep(60000)", "1*panic", "50%panic", "12.5%return(false)", "2*50%sleep(10)",
-		"1*sleep(100)->panic", "3*off->panic"}
-	for _, term := range good {
+	for _, term := range goodTerms {
 		expectErr(t, "arm with "+term, fp.ArmFailpoint(ctx, "raftBeforeSave", term), noFailpoints)
 	}
 	bad := []struct{ term, want string }{
@@ -320,9 +337,16 @@ func TestFailpointNamesAndTermsRefused(t *testing.T) {
 		{"sleep(60001)", "0..60000"},
 		{`sleep("1s")`, "want sleep(ms)"},
 		{"return(1.5)", "want return"},
+		{"return(007)", "want return"},
+		{"return(-0)", "want return"},
+		{"sleep(+5)", "want sleep(ms)"},
+		{"sleep(010)", "want sleep(ms)"},
+		{"50%panic", "write the percentage with a decimal point, e.g. 50.0%"},
+		{"2*50%sleep(10)", "decimal point"},
 		{`return("a\"b")`, "want return"},
 		{"0*panic", "N in 1..1000000000"},
-		{"101%panic", "P in (0, 100]"},
+		{"101.0%panic", "P in (0, 100]"},
+		{"0.0%panic", "P in (0, 100]"},
 		{"panic->", `"" is not a term`},
 		{"panic;b=panic", "is not a term"},
 		{"1*2", "is not a term"},

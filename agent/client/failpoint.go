@@ -20,7 +20,7 @@ type Failpointer interface {
 	// it is armed with (empty when disarmed), sorted by name.
 	Failpoints(ctx context.Context) ([]wire.Failpoint, error)
 	// ArmFailpoint arms the failpoint name with a gofail term such as
-	// "panic", "sleep(100)", "1*panic" or "50%return(true)" (see
+	// "panic", "sleep(100)", "1*panic" or "50.0%return(true)" (see
 	// wire.ArmFailpoint); a bad name or term is refused with the reason.
 	ArmFailpoint(ctx context.Context, name, term string) error
 	// DisarmFailpoint disarms the failpoint name; disarming one that is

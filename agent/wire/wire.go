@@ -129,7 +129,8 @@ type Failpoint struct {
 // "panic: failpoint panic: MESSAGE"), "sleep(ms)" (at most
 // MaxFailpointSleep), "return", "return(v)" (v an integer, true, false or a
 // quoted string), "print" or "off", optionally preceded by modifiers "N*"
-// (act at most N times) and "P%" (act with probability P percent), and
+// (act at most N times) and "P.P%" (act with probability P.P percent; gofail
+// needs the decimal point: "50%" does not parse, "50.0%" does), and
 // terms may be chained with "->" (the first whose modifiers allow acts).
 // "break" (which runs gdb) is refused.
 type ArmFailpoint struct {
