@@ -57,6 +57,26 @@ docker-e2e: build
 check-clean:
 	@tools/check-clean $(BIN)
 
+# FAILPOINTS=1 makes bin/etcd a build of etcd with gofail failpoints
+# (bin/etcd-VERSION-failpoints, by tools/etcd/failpoints.sh, which works in
+# the ignored build/failpoints/), for the FAILPOINTS cases. VERSION is
+# $(ETCD_VERSION) if set, else the release pinned in tools/etcd/go.mod.
+# FAILPOINTS=0 makes bin/etcd a normal build again; without FAILPOINTS,
+# bin/etcd stays whichever it is.
+FAILPOINTS ?=
+ifeq ($(FAILPOINTS),1)
+FAILPOINTS_VERSION := $(or $(ETCD_VERSION),$(shell sed -n 's,^require go.etcd.io/etcd/server/v3 ,,p' tools/etcd/go.mod))
+FAILPOINTS_ETCD := $(BIN)/etcd-$(FAILPOINTS_VERSION)-failpoints
+override ETCD := $(FAILPOINTS_ETCD)
+.PHONY: $(BIN)/etcd
+$(BIN)/etcd: $(FAILPOINTS_ETCD)
+$(FAILPOINTS_ETCD): tools/etcd/failpoints.sh
+	tools/etcd/failpoints.sh $(FAILPOINTS_VERSION) $@
+endif
+ifeq ($(FAILPOINTS),0)
+.PHONY: $(BIN)/etcd
+endif
+
 # bin/etcd is the real etcd at the release pinned in tools/etcd/go.mod, or a
 # copy of $(ETCD).
 etcd: $(BIN)/etcd

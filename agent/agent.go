@@ -114,6 +114,8 @@ type Agent struct {
 	dropped          []int
 	latency, jitter  time.Duration
 	lastArchive      string
+
+	fp failpointSupport // set once by New
 }
 
 // New checks cfg, prepares the base dir, removes network faults an earlier
@@ -123,7 +125,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, state: wire.StateUninitialized}
+	a := &Agent{cfg: cfg, state: wire.StateUninitialized, fp: detectFailpoints(cfg.EtcdPath)}
 	if err := a.chooseBackend(); err != nil {
 		return nil, err
 	}
@@ -135,7 +137,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.recover(); err != nil {
 		return nil, err
 	}
-	plog.Infof("agent ready: etcd %s, base dir %s, network faults by %s", cfg.EtcdPath, cfg.BaseDir, a.backend)
+	plog.Infof("agent ready: etcd %s, base dir %s, network faults by %s, failpoints %t", cfg.EtcdPath, cfg.BaseDir, a.backend, a.fp.ok)
 	return a, nil
 }
 
@@ -393,7 +395,11 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 	}
 	logPath := filepath.Join(a.cfg.BaseDir, logFile)
 	logStart := fileSize(logPath)
-	p, err := startProcess(a.cfg.EtcdPath, args, a.cfg.BaseDir, logPath)
+	env, err := a.etcdEnv()
+	if err != nil {
+		return 0, err
+	}
+	p, err := startProcess(a.cfg.EtcdPath, args, a.cfg.BaseDir, logPath, env)
 	if err != nil {
 		return 0, err
 	}
@@ -836,6 +842,8 @@ func (a *Agent) statusLocked() wire.Status {
 		Latency:          a.latency,
 		LatencyJitter:    a.jitter,
 		LastArchive:      a.lastArchive,
+		Failpoints:       a.fp.ok,
+		FailpointsReason: a.fp.reason,
 	}
 	if p := a.proc; p != nil && !p.exited() {
 		st.Pid, st.Adopted = p.pid, p.adopted

@@ -27,7 +27,8 @@ type process struct {
 // dies while etcd is paused, etcd's process group is not an orphaned group
 // of the agent's session, to which the kernel would send SIGHUP (which kills
 // etcd) and SIGCONT: a paused etcd must stay paused for the next agent.
-func startProcess(bin string, args []string, dir, logPath string) (*process, error) {
+// env is the process's environment; nil means the agent's own.
+func startProcess(bin string, args []string, dir, logPath string, env []string) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
@@ -35,6 +36,7 @@ func startProcess(bin string, args []string, dir, logPath string) (*process, err
 	defer logf.Close() // the child holds its own descriptor
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
+	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

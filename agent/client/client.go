@@ -176,8 +176,9 @@ func (a *agentClient) empty(ctx context.Context, method string) error {
 // call invokes method, connecting first if need be. A call is retried, with
 // backoff and for at most cfg.RetryFor, only while it cannot have reached
 // the agent (no connection, or a connection already known to be broken),
-// so that a call that may have acted is never sent twice. Status, which
-// changes nothing, is retried after any connection failure.
+// so that a call that may have acted is never sent twice. Calls that change
+// nothing (Status, Failpoints, FailpointCount) are retried after any
+// connection failure.
 func (a *agentClient) call(ctx context.Context, method string, args, reply any) error {
 	deadline := time.Now().Add(a.cfg.RetryFor)
 	backoff := 100 * time.Millisecond
@@ -193,7 +194,7 @@ func (a *agentClient) call(ctx context.Context, method string, args, reply any) 
 				return fmt.Errorf("agent %s: %s: %w", a.endpoint, method, err)
 			}
 			a.drop(rc)
-			if !errors.Is(err, rpc.ErrShutdown) && method != wire.MethodStatus {
+			if !errors.Is(err, rpc.ErrShutdown) && !readOnly(method) {
 				return fmt.Errorf("agent %s: %s: connection lost during the call, it may or may not have taken effect: %w", a.endpoint, method, err)
 			}
 		}

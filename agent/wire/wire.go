@@ -38,6 +38,19 @@ const (
 	MethodStatus        = ServiceName + ".RPCStatus"        // struct{} → Status
 )
 
+// Failpoint methods. They work when the agent's etcd binary was built with
+// gofail failpoints (`make build FAILPOINTS=1`; Status.Failpoints says so)
+// and etcd is running: the agent starts such an etcd with GOFAIL_HTTP on a
+// loopback port of its own and relays these calls to it. A failpoint armed
+// in one etcd process is gone once that process exits: a restarted etcd
+// starts with every failpoint disarmed.
+const (
+	MethodFailpoints      = ServiceName + ".RPCFailpoints"      // struct{} → []Failpoint (every failpoint of the binary)
+	MethodArmFailpoint    = ServiceName + ".RPCArmFailpoint"    // ArmFailpoint → struct{}
+	MethodDisarmFailpoint = ServiceName + ".RPCDisarmFailpoint" // string (name) → struct{}; disarming a disarmed failpoint is not an error
+	MethodFailpointCount  = ServiceName + ".RPCFailpointCount"  // string (name) → int (times its term acted since it was armed)
+)
+
 // State is the lifecycle state of the etcd process an agent manages.
 type State string
 
@@ -60,6 +73,11 @@ const (
 	MaxLatency = 60 * time.Second
 	MinPort    = 1
 	MaxPort    = 65535
+
+	// MaxFailpointSleep bounds the ms of a failpoint's sleep(ms) term.
+	MaxFailpointSleep = 60 * time.Second
+	// MaxFailpointTerm bounds the length of a failpoint term.
+	MaxFailpointTerm = 256
 )
 
 // Empty is the argument and reply of methods that carry no data. It is
@@ -91,6 +109,33 @@ type Status struct {
 	// Adopted is true when the process was started by an earlier agent
 	// process that died; this agent found it from its records.
 	Adopted bool
+
+	// Failpoints is true when the agent's etcd binary was built with gofail
+	// failpoints, so that the failpoint methods can work; FailpointsReason
+	// says why not when it is false.
+	Failpoints       bool
+	FailpointsReason string
+}
+
+// Failpoint is one gofail failpoint of the running etcd.
+type Failpoint struct {
+	Name string // e.g. "raftBeforeSave"
+	Term string // the term it is armed with, e.g. "panic"; empty when disarmed
+}
+
+// ArmFailpoint is the argument of RPCArmFailpoint: arm the failpoint Name
+// with Term. A term is gofail's: an action, "panic" (etcd's log shows
+// "panic: failpoint panic: {}"), "panic(\"MESSAGE\")" (the log shows
+// "panic: failpoint panic: MESSAGE"), "sleep(ms)" (at most
+// MaxFailpointSleep), "return", "return(v)" (v an integer, true, false or a
+// quoted string), "print" or "off", optionally preceded by modifiers "N*"
+// (act at most N times) and "P.P%" (act with probability P.P percent; gofail
+// needs the decimal point: "50%" does not parse, "50.0%" does), and
+// terms may be chained with "->" (the first whose modifiers allow acts).
+// "break" (which runs gdb) is refused.
+type ArmFailpoint struct {
+	Name string
+	Term string
 }
 
 // Archive is the reply of RPCArchive.
