@@ -1085,3 +1085,67 @@ func waitCalls(t *testing.T, s *stub, n int) {
 	}
 	t.Fatalf("stub did not receive %d calls in 5 s", n)
 }
+
+// TestCancelledCallLeavesOthersUnharmed: two calls in flight at once, one
+// cancelled; the other is answered as if nothing happened. (Calls used to
+// share one connection, which the cancellation closed under the other,
+// failing it with "may or may not have taken effect".)
+func TestCancelledCallLeavesOthersUnharmed(t *testing.T) {
+	t.Parallel()
+	s := newStub(t)
+	c := newClient(t, s.addr, client.Config{RetryFor: 5 * time.Second})
+	if _, err := c.Status(context.Background()); err != nil { // a connection to share
+		t.Fatal(err)
+	}
+	answerKill := make(chan struct{})
+	s.setBehaviour(func(method string, _ net.Conn) error {
+		switch method {
+		case wire.MethodStop: // hangs until the stub closes
+			<-s.stopping
+			return errors.New("released")
+		case wire.MethodKill: // answered once the Stop was cancelled
+			select {
+			case <-answerKill:
+			case <-s.stopping:
+			}
+		}
+		return nil
+	})
+	killErr := make(chan error, 1)
+	go func() { killErr <- c.Kill(context.Background()) }()
+	stopCtx, cancelStop := context.WithCancel(context.Background())
+	defer cancelStop()
+	stopErr := make(chan error, 1)
+	go func() { stopErr <- c.Stop(stopCtx) }()
+	waitCalls(t, s, 3) // Status, and both in flight
+
+	cancelStop()
+	select {
+	case err := <-stopErr:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled Stop: %v, want it to wrap context.Canceled", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("cancelled Stop still running 2 s later")
+	}
+	close(answerKill)
+	select {
+	case err := <-killErr:
+		if err != nil {
+			t.Fatalf("Kill in flight while another call was cancelled: %v, want it answered", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Kill not answered 5 s after another call was cancelled")
+	}
+	if calls, _ := s.record(); countMethod(calls, wire.MethodKill) != 1 {
+		t.Errorf("stub received Kill %d times, want once", countMethod(calls, wire.MethodKill))
+	}
+	// Later calls reuse a connection that is still sound.
+	_, before := s.record()
+	if _, err := c.Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, after := s.record(); after != before {
+		t.Errorf("Status after the calls opened a connection (%d → %d), want an idle one reused", before, after)
+	}
+}
