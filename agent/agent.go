@@ -13,6 +13,12 @@
 // base dir, and on start it removes leftover rules of a crashed predecessor
 // and adopts (and resumes, if paused) the etcd it finds from that record.
 // On Close it heals every fault and stops etcd.
+//
+// Nor does a fault outlive its tester: every fault is held on a lease
+// (see wire.MethodKeepFaults) that the tester renews while it holds the
+// fault. When the lease ends with a fault in place, the tester is taken to
+// be gone and the agent heals on its own: it removes isolation and
+// latency, resumes a paused etcd and restarts one that Stop or Kill ended.
 package agent
 
 import (
@@ -75,6 +81,10 @@ type Config struct {
 	Token string
 	// MaxRequestBytes bounds one RPC request; default 1 MiB.
 	MaxRequestBytes int64
+	// FaultLease is how long a fault lasts after the call that injected
+	// it unless the lease is renewed (wire.MethodKeepFaults); default
+	// DefaultFaultLease, within wire.MinFaultLease..wire.MaxFaultLease.
+	FaultLease time.Duration
 }
 
 // Defaults for Config.
@@ -82,6 +92,12 @@ const (
 	DefaultSigtermWait     = 10 * time.Second
 	DefaultSigintWait      = 5 * time.Second
 	DefaultMaxRequestBytes = 1 << 20
+	// DefaultFaultLease is ten of the tester's default -case-delay (3 s):
+	// a tester that does not renew leases (an older one) still holds its
+	// faults as long as it means to, with room for a slow stop or a busy
+	// machine, while a cluster whose tester died is whole again within
+	// half a minute. A tester that holds faults longer renews the lease.
+	DefaultFaultLease = 30 * time.Second
 	// sigquitWait is how long Cleanup waits for the Go runtime to write
 	// its goroutine dump and exit before it climbs the ladder.
 	sigquitWait = 5 * time.Second
@@ -114,6 +130,15 @@ type Agent struct {
 	dropped          []int
 	latency, jitter  time.Duration
 	lastArchive      string
+
+	// The fault lease. faultStopped is set when Stop or Kill ended etcd,
+	// and cleared when anything starts, terminates or archives it: only
+	// a stop that is a fault is undone when the lease ends.
+	leaseUntil      time.Time   // zero: no lease runs
+	leaseTimer      *time.Timer // runs expireLease at leaseUntil; nil until the first lease
+	faultStopped    bool
+	faultsExpiredAt time.Time
+	faultsExpired   []string
 }
 
 // New checks cfg, prepares the base dir, removes network faults an earlier
@@ -186,6 +211,19 @@ func (c *Config) setDefaults() error {
 	}
 	if c.IPTablesChain == "" {
 		c.IPTablesChain = "ETCD-AGENT"
+	}
+	if c.FaultLease == 0 {
+		c.FaultLease = DefaultFaultLease
+	}
+	if err := checkLease(c.FaultLease); err != nil {
+		return fmt.Errorf("default %w", err)
+	}
+	return nil
+}
+
+func checkLease(d time.Duration) error {
+	if d < wire.MinFaultLease || d > wire.MaxFaultLease {
+		return fmt.Errorf("fault lease %v: want %v..%v", d, wire.MinFaultLease, wire.MaxFaultLease)
 	}
 	return nil
 }
@@ -302,6 +340,11 @@ func (a *Agent) Close() error {
 	a.op.Lock()
 	defer a.op.Unlock()
 	a.closed = true
+	a.mu.Lock()
+	if a.leaseTimer != nil {
+		a.leaseTimer.Stop() // a run already waiting for a.op finds a.closed
+	}
+	a.mu.Unlock()
 	var errs []error
 	if err := a.healNetwork(); err != nil {
 		errs = append(errs, err)
@@ -399,6 +442,7 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 	}
 	a.mu.Lock()
 	a.proc, a.args, a.state = p, args, wire.StateStarted
+	a.faultStopped = false
 	a.save()
 	err = a.ensureProxy()
 	a.mu.Unlock()
@@ -462,7 +506,14 @@ func (a *Agent) stopRunning(steps []stopStep) error {
 	if err != nil {
 		return err
 	}
-	return a.stop(p, steps)
+	if err := a.stop(p, steps); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.faultStopped = true
+	a.extendLeaseLocked()
+	a.mu.Unlock()
+	return nil
 }
 
 // stop stops p with the given ladder (SIGKILL is always the last rung) and
@@ -533,6 +584,9 @@ func (a *Agent) pauseOrResume(sig syscall.Signal, from, to wire.State) error {
 		return err
 	}
 	a.state = to
+	if to == wire.StatePaused {
+		a.extendLeaseLocked()
+	}
 	a.save()
 	a.mu.Unlock()
 	plog.Infof("sent %s to etcd pid %d", signalName(sig), p.pid)
@@ -594,7 +648,7 @@ func (a *Agent) Archive(label string) (string, error) {
 	if err := os.WriteFile(filepath.Join(a.cfg.BaseDir, logFile), nil, 0o644); err != nil {
 		return dir, fmt.Errorf("start a fresh log: %w", err)
 	}
-	a.state, a.lastArchive = wire.StateTerminated, dir
+	a.state, a.lastArchive, a.faultStopped = wire.StateTerminated, dir, false
 	a.closeProxyLocked()
 	a.save()
 	plog.Infof("archived etcd's data and log in %s", dir)
@@ -655,7 +709,7 @@ func (a *Agent) Terminate() error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.state = wire.StateTerminated
+	a.state, a.faultStopped = wire.StateTerminated, false
 	a.closeProxyLocked()
 	a.save()
 	plog.Infof("terminated etcd and removed %s", args.dataDir())
@@ -710,6 +764,7 @@ func (a *Agent) DropPort(port int) error {
 		a.dropped = append(a.dropped, port)
 		slices.Sort(a.dropped)
 	}
+	a.extendLeaseLocked()
 	plog.Infof("dropping TCP traffic to and from port %d (%s)", port, iso.Name())
 	return nil
 }
@@ -779,6 +834,9 @@ func (a *Agent) SetLatency(latency, jitter time.Duration) error {
 		return err
 	}
 	a.latency, a.jitter = latency, jitter
+	if latency > 0 {
+		a.extendLeaseLocked()
+	}
 	plog.Infof("peer traffic delayed by %v ± %v", latency, jitter)
 	return nil
 }
@@ -836,6 +894,9 @@ func (a *Agent) statusLocked() wire.Status {
 		Latency:          a.latency,
 		LatencyJitter:    a.jitter,
 		LastArchive:      a.lastArchive,
+		FaultLeaseUntil:  a.leaseUntil,
+		FaultsExpiredAt:  a.faultsExpiredAt,
+		FaultsExpired:    slices.Clone(a.faultsExpired),
 	}
 	if p := a.proc; p != nil && !p.exited() {
 		st.Pid, st.Adopted = p.pid, p.adopted

@@ -44,6 +44,20 @@ type Agent interface {
 	Close() error
 }
 
+// FaultKeeper renews an agent's fault lease (wire.MethodKeepFaults): the
+// faults it has injected last until lease from now, then the agent heals
+// them on its own. It returns when the lease ends. Every Agent that New
+// returns is a FaultKeeper.
+//
+// It is an interface of its own, not a method of Agent, so that the fakes
+// of Agent in other packages' tests need not change at once; it will join
+// Agent.
+type FaultKeeper interface {
+	KeepFaults(ctx context.Context, lease time.Duration) (until time.Time, err error)
+}
+
+var _ FaultKeeper = (*agentClient)(nil)
+
 // Config says how to reach an agent.
 type Config struct {
 	// Token, if set, is presented to the agent as a bearer token.
@@ -159,6 +173,12 @@ func (a *agentClient) Status(ctx context.Context) (wire.Status, error) {
 	var st wire.Status
 	err := a.call(ctx, wire.MethodStatus, wire.Empty{}, &st)
 	return st, err
+}
+
+func (a *agentClient) KeepFaults(ctx context.Context, lease time.Duration) (time.Time, error) {
+	var until time.Time
+	err := a.call(ctx, wire.MethodKeepFaults, lease, &until)
+	return until, err
 }
 
 // Close closes every connection, ending the calls in flight; later calls

@@ -116,6 +116,9 @@ var stubStatus = wire.Status{
 	LatencyJitter:    200 * time.Millisecond,
 	LastArchive:      "/base/failure_archive/x",
 	Adopted:          true,
+	FaultLeaseUntil:  time.Date(2026, 12, 1, 19, 0, 0, 0, time.UTC),
+	FaultsExpiredAt:  time.Date(2026, 12, 1, 18, 0, 0, 0, time.UTC),
+	FaultsExpired:    []string{"etcd paused"},
 }
 
 func newStub(t *testing.T) *stub {
@@ -284,6 +287,13 @@ func (x *stubService) RPCSetLatency(msrv []int, _ *wire.Empty) error {
 func (x *stubService) RPCRemoveLatency(a wire.Empty, _ *wire.Empty) error {
 	return x.do(wire.MethodRemoveLatency, a)
 }
+func (x *stubService) RPCKeepFaults(lease time.Duration, until *time.Time) error {
+	*until = stubLeaseUntil
+	return x.do(wire.MethodKeepFaults, lease)
+}
+
+var stubLeaseUntil = time.Date(2026, 12, 1, 20, 0, 0, 0, time.UTC)
+
 func (x *stubService) RPCStatus(a wire.Empty, st *wire.Status) error {
 	*st = stubStatus
 	return x.do(wire.MethodStatus, a)
@@ -339,6 +349,8 @@ func TestEveryMethodMapsToItsWireMethod(t *testing.T) {
 		}, wire.MethodSetLatency, []int{2000, 0}, nil},
 		{"RemoveLatency", func() (any, error) { return nil, c.RemoveLatency(ctx) }, wire.MethodRemoveLatency, none, nil},
 		{"Status", func() (any, error) { return c.Status(ctx) }, wire.MethodStatus, none, stubStatus},
+		{"KeepFaults", func() (any, error) { return c.(client.FaultKeeper).KeepFaults(ctx, 90*time.Second) },
+			wire.MethodKeepFaults, 90 * time.Second, stubLeaseUntil},
 	} {
 		before, _ := s.record()
 		reply, err := tc.call()
