@@ -92,12 +92,13 @@ const (
 	DefaultSigtermWait     = 10 * time.Second
 	DefaultSigintWait      = 5 * time.Second
 	DefaultMaxRequestBytes = 1 << 20
-	// DefaultFaultLease is ten of the tester's default -case-delay (3 s):
-	// a tester that does not renew leases (an older one) still holds its
-	// faults as long as it means to, with room for a slow stop or a busy
-	// machine, while a cluster whose tester died is whole again within
-	// half a minute. A tester that holds faults longer renews the lease.
-	DefaultFaultLease = 30 * time.Second
+	// DefaultFaultLease outlasts the longest hold of a tester that does
+	// not renew leases (an older one) with its default flags: the
+	// _UNTIL_TRIGGER_SNAPSHOT cases wait up to 30 s for the snapshot, then
+	// -case-delay (3 s), with room for a slow stop on a busy machine. A
+	// cluster whose tester died is still whole again within a minute; a
+	// tester that renews (every few -case-delays) shortens that.
+	DefaultFaultLease = time.Minute
 	// sigquitWait is how long Cleanup waits for the Go runtime to write
 	// its goroutine dump and exit before it climbs the ladder.
 	sigquitWait = 5 * time.Second
