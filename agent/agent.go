@@ -261,6 +261,9 @@ type record struct {
 	StartTime uint64     `json:"start_time"`
 	Args      []string   `json:"args"`
 	State     wire.State `json:"state"`
+	// FaultStopped: Stop or Kill ended etcd as a fault, which the next
+	// agent process undoes when its fault lease runs out.
+	FaultStopped bool `json:"fault_stopped,omitempty"`
 }
 
 func (a *Agent) recordPath() string { return filepath.Join(a.cfg.BaseDir, stateFile) }
@@ -268,7 +271,7 @@ func (a *Agent) recordPath() string { return filepath.Join(a.cfg.BaseDir, stateF
 // save writes the record; a.mu held. A failure is logged, not returned:
 // the operation it follows has happened, and the caller must hear of that.
 func (a *Agent) save() {
-	r := record{Args: a.args, State: a.state}
+	r := record{Args: a.args, State: a.state, FaultStopped: a.faultStopped}
 	if a.proc != nil && !a.proc.exited() {
 		r.Pid, r.StartTime = a.proc.pid, a.proc.startTime
 	}
@@ -330,6 +333,16 @@ func (a *Agent) recover() error {
 		}
 	} else if a.state == wire.StateStarted || a.state == wire.StatePaused {
 		a.state = wire.StateStopped
+	}
+	if r.FaultStopped && a.proc == nil && a.state == wire.StateStopped {
+		// The fault outlived the agent that injected it; it gets a lease
+		// of its own, so that a tester still alive can restart etcd
+		// itself, and otherwise this agent does.
+		a.mu.Lock()
+		a.faultStopped = true
+		a.extendLeaseLocked()
+		a.mu.Unlock()
+		plog.Warningf("etcd was left stopped by a fault of the earlier agent: restarting it in %v unless a caller does first", a.cfg.FaultLease)
 	}
 	a.save()
 	return nil
@@ -513,6 +526,7 @@ func (a *Agent) stopRunning(steps []stopStep) error {
 	a.mu.Lock()
 	a.faultStopped = true
 	a.extendLeaseLocked()
+	a.save()
 	a.mu.Unlock()
 	return nil
 }

@@ -62,9 +62,18 @@ func (a *Agent) faultsLocked() []string {
 	case st == wire.StatePaused:
 		fs = append(fs, "etcd paused")
 	case st == wire.StateStopped && a.faultStopped:
-		fs = append(fs, fmt.Sprintf("etcd stopped (by %s)", a.lastStopSignal))
+		fs = append(fs, a.stoppedFaultLocked())
 	}
 	return fs
+}
+
+// stoppedFaultLocked describes the fault of an etcd Stop or Kill ended;
+// a.mu held. The signal is unknown when an earlier agent process stopped it.
+func (a *Agent) stoppedFaultLocked() string {
+	if a.lastStopSignal == "" {
+		return "etcd stopped (by an earlier agent process)"
+	}
+	return fmt.Sprintf("etcd stopped (by %s)", a.lastStopSignal)
 }
 
 // expireLease runs when the lease timer fires. If the lease has not been
@@ -134,10 +143,10 @@ func (a *Agent) expireLease() {
 	}
 	if restart {
 		a.mu.Lock()
-		args, sig := a.args, a.lastStopSignal
+		args, what := a.args, a.stoppedFaultLocked()
 		a.mu.Unlock()
 		_, err := a.start(args)
-		outcome(fmt.Sprintf("etcd stopped (by %s)", sig), err)
+		outcome(what, err)
 	}
 	if failed {
 		a.mu.Lock()

@@ -198,3 +198,38 @@ func TestFaultLeaseRenewalKeepsFaults(t *testing.T) {
 		t.Errorf("a lease shortened to %v ran out %v later, want about %v", wire.MinFaultLease, took, wire.MinFaultLease)
 	}
 }
+
+// TestFaultLeaseOutlivesTheAgent: an etcd killed as a fault stays a fault
+// when the agent that killed it ends (a restart of the agent): the next
+// agent on the base dir restarts it once its own lease runs out.
+func TestFaultLeaseOutlivesTheAgent(t *testing.T) {
+	bin := etcdBinary(t)
+	base := t.TempDir()
+	m := newMember(t, "outlive", true)
+	first, err := agent.New(agent.Config{EtcdPath: bin, BaseDir: base, NetworkFaults: agent.FaultsProxy, FaultLease: wire.MaxFaultLease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Start(m.args); err != nil {
+		first.Close()
+		t.Fatal(err)
+	}
+	waitHealthy(t, m.clientURL())
+	if err := first.Kill(); err != nil {
+		first.Close()
+		t.Fatal(err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Now()
+	s := serve(t, agent.Config{EtcdPath: bin, BaseDir: base, FaultLease: leaseTestLease})
+	if st := s.Status(); st.State != wire.StateStopped || st.FaultLeaseUntil.IsZero() {
+		t.Fatalf("new agent: %+v; want etcd stopped, under a fault lease", st)
+	}
+	st := waitStatus(t, s.Agent, leaseTestLease+10*time.Second, "restarted", func(st wire.Status) bool {
+		return st.State == wire.StateStarted && st.Pid != 0
+	})
+	expectExpiry(t, st, restarted, "etcd stopped (by an earlier agent process)")
+	waitHealthy(t, m.clientURL())
+}
