@@ -13,6 +13,12 @@
 // base dir, and on start it removes leftover rules of a crashed predecessor
 // and adopts (and resumes, if paused) the etcd it finds from that record.
 // On Close it heals every fault and stops etcd.
+//
+// Nor does a fault outlive its tester: every fault is held on a lease
+// (see wire.MethodKeepFaults) that the tester renews while it holds the
+// fault. When the lease ends with a fault in place, the tester is taken to
+// be gone and the agent heals on its own: it removes isolation and
+// latency, resumes a paused etcd and restarts one that Stop or Kill ended.
 package agent
 
 import (
@@ -75,6 +81,10 @@ type Config struct {
 	Token string
 	// MaxRequestBytes bounds one RPC request; default 1 MiB.
 	MaxRequestBytes int64
+	// FaultLease is how long a fault lasts after the call that injected
+	// it unless the lease is renewed (wire.MethodKeepFaults); default
+	// DefaultFaultLease, within wire.MinFaultLease..wire.MaxFaultLease.
+	FaultLease time.Duration
 }
 
 // Defaults for Config.
@@ -82,6 +92,13 @@ const (
 	DefaultSigtermWait     = 10 * time.Second
 	DefaultSigintWait      = 5 * time.Second
 	DefaultMaxRequestBytes = 1 << 20
+	// DefaultFaultLease outlasts the longest hold of a tester that does
+	// not renew leases (an older one) with its default flags: the
+	// _UNTIL_TRIGGER_SNAPSHOT cases wait up to 30 s for the snapshot, then
+	// -case-delay (3 s), with room for a slow stop on a busy machine. A
+	// cluster whose tester died is still whole again within a minute; a
+	// tester that renews (every few -case-delays) shortens that.
+	DefaultFaultLease = time.Minute
 	// sigquitWait is how long Cleanup waits for the Go runtime to write
 	// its goroutine dump and exit before it climbs the ladder.
 	sigquitWait = 5 * time.Second
@@ -116,6 +133,14 @@ type Agent struct {
 	lastArchive      string
 
 	fp failpointSupport // set once by New
+	// The fault lease. faultStopped is set when Stop or Kill ended etcd,
+	// and cleared when anything starts, terminates or archives it: only
+	// a stop that is a fault is undone when the lease ends.
+	leaseUntil      time.Time   // zero: no lease runs
+	leaseTimer      *time.Timer // runs expireLease at leaseUntil; nil until the first lease
+	faultStopped    bool
+	faultsExpiredAt time.Time
+	faultsExpired   []string
 }
 
 // New checks cfg, prepares the base dir, removes network faults an earlier
@@ -189,6 +214,19 @@ func (c *Config) setDefaults() error {
 	if c.IPTablesChain == "" {
 		c.IPTablesChain = "ETCD-AGENT"
 	}
+	if c.FaultLease == 0 {
+		c.FaultLease = DefaultFaultLease
+	}
+	if err := checkLease(c.FaultLease); err != nil {
+		return fmt.Errorf("default %w", err)
+	}
+	return nil
+}
+
+func checkLease(d time.Duration) error {
+	if d < wire.MinFaultLease || d > wire.MaxFaultLease {
+		return fmt.Errorf("fault lease %v: want %v..%v", d, wire.MinFaultLease, wire.MaxFaultLease)
+	}
 	return nil
 }
 
@@ -224,6 +262,9 @@ type record struct {
 	StartTime uint64     `json:"start_time"`
 	Args      []string   `json:"args"`
 	State     wire.State `json:"state"`
+	// FaultStopped: Stop or Kill ended etcd as a fault, which the next
+	// agent process undoes when its fault lease runs out.
+	FaultStopped bool `json:"fault_stopped,omitempty"`
 }
 
 func (a *Agent) recordPath() string { return filepath.Join(a.cfg.BaseDir, stateFile) }
@@ -231,7 +272,7 @@ func (a *Agent) recordPath() string { return filepath.Join(a.cfg.BaseDir, stateF
 // save writes the record; a.mu held. A failure is logged, not returned:
 // the operation it follows has happened, and the caller must hear of that.
 func (a *Agent) save() {
-	r := record{Args: a.args, State: a.state}
+	r := record{Args: a.args, State: a.state, FaultStopped: a.faultStopped}
 	if a.proc != nil && !a.proc.exited() {
 		r.Pid, r.StartTime = a.proc.pid, a.proc.startTime
 	}
@@ -294,6 +335,16 @@ func (a *Agent) recover() error {
 	} else if a.state == wire.StateStarted || a.state == wire.StatePaused {
 		a.state = wire.StateStopped
 	}
+	if r.FaultStopped && a.proc == nil && a.state == wire.StateStopped {
+		// The fault outlived the agent that injected it; it gets a lease
+		// of its own, so that a tester still alive can restart etcd
+		// itself, and otherwise this agent does.
+		a.mu.Lock()
+		a.faultStopped = true
+		a.extendLeaseLocked()
+		a.mu.Unlock()
+		plog.Warningf("etcd was left stopped by a fault of the earlier agent: restarting it in %v unless a caller does first", a.cfg.FaultLease)
+	}
 	a.save()
 	return nil
 }
@@ -304,6 +355,11 @@ func (a *Agent) Close() error {
 	a.op.Lock()
 	defer a.op.Unlock()
 	a.closed = true
+	a.mu.Lock()
+	if a.leaseTimer != nil {
+		a.leaseTimer.Stop() // a run already waiting for a.op finds a.closed
+	}
+	a.mu.Unlock()
 	var errs []error
 	if err := a.healNetwork(); err != nil {
 		errs = append(errs, err)
@@ -405,6 +461,7 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 	}
 	a.mu.Lock()
 	a.proc, a.args, a.state = p, args, wire.StateStarted
+	a.faultStopped = false
 	a.save()
 	err = a.ensureProxy()
 	a.mu.Unlock()
@@ -468,7 +525,15 @@ func (a *Agent) stopRunning(steps []stopStep) error {
 	if err != nil {
 		return err
 	}
-	return a.stop(p, steps)
+	if err := a.stop(p, steps); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.faultStopped = true
+	a.extendLeaseLocked()
+	a.save()
+	a.mu.Unlock()
+	return nil
 }
 
 // stop stops p with the given ladder (SIGKILL is always the last rung) and
@@ -539,6 +604,9 @@ func (a *Agent) pauseOrResume(sig syscall.Signal, from, to wire.State) error {
 		return err
 	}
 	a.state = to
+	if to == wire.StatePaused {
+		a.extendLeaseLocked()
+	}
 	a.save()
 	a.mu.Unlock()
 	plog.Infof("sent %s to etcd pid %d", signalName(sig), p.pid)
@@ -600,7 +668,7 @@ func (a *Agent) Archive(label string) (string, error) {
 	if err := os.WriteFile(filepath.Join(a.cfg.BaseDir, logFile), nil, 0o644); err != nil {
 		return dir, fmt.Errorf("start a fresh log: %w", err)
 	}
-	a.state, a.lastArchive = wire.StateTerminated, dir
+	a.state, a.lastArchive, a.faultStopped = wire.StateTerminated, dir, false
 	a.closeProxyLocked()
 	a.save()
 	plog.Infof("archived etcd's data and log in %s", dir)
@@ -661,7 +729,7 @@ func (a *Agent) Terminate() error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.state = wire.StateTerminated
+	a.state, a.faultStopped = wire.StateTerminated, false
 	a.closeProxyLocked()
 	a.save()
 	plog.Infof("terminated etcd and removed %s", args.dataDir())
@@ -716,6 +784,7 @@ func (a *Agent) DropPort(port int) error {
 		a.dropped = append(a.dropped, port)
 		slices.Sort(a.dropped)
 	}
+	a.extendLeaseLocked()
 	plog.Infof("dropping TCP traffic to and from port %d (%s)", port, iso.Name())
 	return nil
 }
@@ -785,6 +854,9 @@ func (a *Agent) SetLatency(latency, jitter time.Duration) error {
 		return err
 	}
 	a.latency, a.jitter = latency, jitter
+	if latency > 0 {
+		a.extendLeaseLocked()
+	}
 	plog.Infof("peer traffic delayed by %v ± %v", latency, jitter)
 	return nil
 }
@@ -844,6 +916,9 @@ func (a *Agent) statusLocked() wire.Status {
 		LastArchive:      a.lastArchive,
 		Failpoints:       a.fp.ok,
 		FailpointsReason: a.fp.reason,
+		FaultLeaseUntil:  a.leaseUntil,
+		FaultsExpiredAt:  a.faultsExpiredAt,
+		FaultsExpired:    slices.Clone(a.faultsExpired),
 	}
 	if p := a.proc; p != nil && !p.exited() {
 		st.Pid, st.Adopted = p.pid, p.adopted

@@ -49,9 +49,12 @@ const (
 	signalsFile       = "signals.log"
 )
 
-// TestMain runs the helper when the test binary is started as one, and
-// otherwise the tests, failing the run if any goroutine outlives them.
+// TestMain runs the helper or the fake tester when the test binary is
+// started as one, and otherwise the tests, failing the run if any goroutine outlives them.
 func TestMain(m *testing.M) {
+	if os.Getenv(fakeTesterEnv) != "" {
+		os.Exit(runFakeTester())
+	}
 	if os.Getenv(helperEnv) != "" && slices.ContainsFunc(os.Args[1:], isAgentDataDir) {
 		// syscall.Exit, not os.Exit: a race-enabled binary sleeps a second
 		// in os.Exit (GORACE atexit_sleep_ms), which would blur the ladder.

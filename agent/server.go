@@ -108,6 +108,14 @@ func (s *service) RPCStatus(_ wire.Empty, st *wire.Status) error {
 	return nil
 }
 
+// RPCKeepFaults renews the fault lease for the given duration and returns
+// when it ends.
+func (s *service) RPCKeepFaults(lease time.Duration, until *time.Time) (err error) {
+	defer s.log(wire.MethodKeepFaults, &err)
+	*until, err = s.a.KeepFaults(lease)
+	return err
+}
+
 // log records every call's outcome: the agent is the place a failed fault
 // is investigated from.
 func (s *service) log(method string, err *error) {

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/rpc"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -42,6 +43,20 @@ type Agent interface {
 	Status(ctx context.Context) (wire.Status, error)
 	Close() error
 }
+
+// FaultKeeper renews an agent's fault lease (wire.MethodKeepFaults): the
+// faults it has injected last until lease from now, then the agent heals
+// them on its own. It returns when the lease ends. Every Agent that New
+// returns is a FaultKeeper.
+//
+// It is an interface of its own, not a method of Agent, so that the fakes
+// of Agent in other packages' tests need not change at once; it will join
+// Agent.
+type FaultKeeper interface {
+	KeepFaults(ctx context.Context, lease time.Duration) (until time.Time, err error)
+}
+
+var _ FaultKeeper = (*agentClient)(nil)
 
 // Config says how to reach an agent.
 type Config struct {
@@ -96,9 +111,16 @@ type agentClient struct {
 	cfg      Config
 
 	mu     sync.Mutex
-	rc     *rpc.Client // nil until connected, and after a broken connection
+	idle   []*rpc.Client        // connected, no call in flight, most recent last
+	open   map[*rpc.Client]bool // every connection, idle or carrying a call
 	closed bool
 }
+
+// maxIdle bounds the connections kept for later calls. Each call has a
+// connection to itself while it runs (net/rpc cannot cancel one call on a
+// shared connection without closing it under the others), so concurrent
+// calls open more; those beyond maxIdle are closed when their call ends.
+const maxIdle = 4
 
 func (a *agentClient) Endpoint() string { return a.endpoint }
 
@@ -153,47 +175,68 @@ func (a *agentClient) Status(ctx context.Context) (wire.Status, error) {
 	return st, err
 }
 
-// Close closes the connection; later calls fail.
+func (a *agentClient) KeepFaults(ctx context.Context, lease time.Duration) (time.Time, error) {
+	var until time.Time
+	err := a.call(ctx, wire.MethodKeepFaults, lease, &until)
+	return until, err
+}
+
+// Close closes every connection, ending the calls in flight; later calls
+// fail.
 func (a *agentClient) Close() error {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.closed = true
-	if a.rc == nil {
-		return nil
+	conns := make([]*rpc.Client, 0, len(a.open))
+	for rc := range a.open {
+		conns = append(conns, rc)
 	}
-	err := a.rc.Close()
-	a.rc = nil
-	if errors.Is(err, rpc.ErrShutdown) {
-		return nil
+	a.open, a.idle = nil, nil
+	a.mu.Unlock()
+	var errs []error
+	for _, rc := range conns {
+		if err := rc.Close(); err != nil && !errors.Is(err, rpc.ErrShutdown) {
+			errs = append(errs, err)
+		}
 	}
-	return err
+	return errors.Join(errs...)
 }
 
 func (a *agentClient) empty(ctx context.Context, method string) error {
 	return a.call(ctx, method, wire.Empty{}, &wire.Empty{})
 }
 
-// call invokes method, connecting first if need be. A call is retried, with
-// backoff and for at most cfg.RetryFor, only while it cannot have reached
-// the agent (no connection, or a connection already known to be broken),
-// so that a call that may have acted is never sent twice. Calls that change
-// nothing (Status, Failpoints, FailpointCount) are retried after any
+// call invokes method on a connection of its own, connecting first if need
+// be. A call is retried, with backoff and for at most cfg.RetryFor, only
+// while it cannot have reached the agent (no connection, or a connection
+// already known to be broken), so that a call that may have acted is never
+// sent twice. Calls that change nothing (Status, Failpoints, FailpointCount)
+// are retried after any
 // connection failure.
 func (a *agentClient) call(ctx context.Context, method string, args, reply any) error {
 	deadline := time.Now().Add(a.cfg.RetryFor)
 	backoff := 100 * time.Millisecond
+	stale := 0 // idle connections found closed by the agent
 	for {
-		rc, err := a.conn(ctx)
+		rc, reused, err := a.conn(ctx)
 		if err == nil {
 			err = a.invoke(ctx, rc, method, args, reply)
 			if err == nil {
+				a.release(rc)
 				return nil
 			}
 			var serverErr rpc.ServerError
 			if errors.As(err, &serverErr) {
+				a.release(rc) // answered: the connection is sound
 				return fmt.Errorf("agent %s: %s: %w", a.endpoint, method, err)
 			}
 			a.drop(rc)
+			if errors.Is(err, rpc.ErrShutdown) && reused && stale < maxIdle && ctx.Err() == nil {
+				// An idle connection the agent closed meanwhile (it
+				// restarted): the call never left, and the next idle
+				// one or a new one is worth a try at once.
+				stale++
+				continue
+			}
 			if !errors.Is(err, rpc.ErrShutdown) && !readOnly(method) {
 				return fmt.Errorf("agent %s: %s: connection lost during the call, it may or may not have taken effect: %w", a.endpoint, method, err)
 			}
@@ -214,7 +257,8 @@ func (a *agentClient) call(ctx context.Context, method string, args, reply any) 
 }
 
 // invoke runs one call on rc and honours ctx: net/rpc cannot cancel a call,
-// so on cancellation the connection is closed, which ends the call.
+// so on cancellation the connection is closed, which ends the call. No
+// other call uses rc meanwhile, so none is harmed.
 func (a *agentClient) invoke(ctx context.Context, rc *rpc.Client, method string, args, reply any) error {
 	call := rc.Go(method, args, reply, make(chan *rpc.Call, 1))
 	select {
@@ -236,29 +280,58 @@ func isCertError(err error) bool {
 	return errors.As(err, &certErr)
 }
 
-func (a *agentClient) conn(ctx context.Context) (*rpc.Client, error) {
+// conn returns a connection for one call: an idle one (reused true) or a
+// new one. The caller gives it back with release or drop.
+func (a *agentClient) conn(ctx context.Context) (rc *rpc.Client, reused bool, err error) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil, false, errClosed
+	}
+	if n := len(a.idle); n > 0 {
+		rc = a.idle[n-1]
+		a.idle = a.idle[:n-1]
+		a.mu.Unlock()
+		return rc, true, nil
+	}
+	a.mu.Unlock()
+	// Dialled without the lock: a slow dial does not hold up the calls
+	// that have a connection.
+	if rc, err = a.dial(ctx); err != nil {
+		return nil, false, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
-		return nil, errClosed
+		rc.Close()
+		return nil, false, errClosed
 	}
-	if a.rc != nil {
-		return a.rc, nil
+	if a.open == nil {
+		a.open = map[*rpc.Client]bool{}
 	}
-	rc, err := a.dial(ctx)
-	if err != nil {
-		return nil, err
-	}
-	a.rc = rc
-	return rc, nil
+	a.open[rc] = true
+	return rc, false, nil
 }
 
-// drop forgets rc (if it is still current) and closes it.
+// release gives back the connection of a call that was answered: it is
+// kept for a later call, or closed if enough are kept already.
+func (a *agentClient) release(rc *rpc.Client) {
+	a.mu.Lock()
+	if !a.closed && a.open[rc] && len(a.idle) < maxIdle {
+		a.idle = append(a.idle, rc)
+		a.mu.Unlock()
+		return
+	}
+	delete(a.open, rc)
+	a.mu.Unlock()
+	rc.Close()
+}
+
+// drop forgets rc and closes it. It may be called more than once.
 func (a *agentClient) drop(rc *rpc.Client) {
 	a.mu.Lock()
-	if a.rc == rc {
-		a.rc = nil
-	}
+	delete(a.open, rc)
+	a.idle = slices.DeleteFunc(a.idle, func(c *rpc.Client) bool { return c == rc })
 	a.mu.Unlock()
 	rc.Close()
 }

@@ -116,6 +116,9 @@ var stubStatus = wire.Status{
 	LatencyJitter:    200 * time.Millisecond,
 	LastArchive:      "/base/failure_archive/x",
 	Adopted:          true,
+	FaultLeaseUntil:  time.Date(2026, 12, 1, 19, 0, 0, 0, time.UTC),
+	FaultsExpiredAt:  time.Date(2026, 12, 1, 18, 0, 0, 0, time.UTC),
+	FaultsExpired:    []string{"etcd paused"},
 }
 
 func newStub(t *testing.T) *stub {
@@ -284,6 +287,13 @@ func (x *stubService) RPCSetLatency(msrv []int, _ *wire.Empty) error {
 func (x *stubService) RPCRemoveLatency(a wire.Empty, _ *wire.Empty) error {
 	return x.do(wire.MethodRemoveLatency, a)
 }
+func (x *stubService) RPCKeepFaults(lease time.Duration, until *time.Time) error {
+	*until = stubLeaseUntil
+	return x.do(wire.MethodKeepFaults, lease)
+}
+
+var stubLeaseUntil = time.Date(2026, 12, 1, 20, 0, 0, 0, time.UTC)
+
 func (x *stubService) RPCStatus(a wire.Empty, st *wire.Status) error {
 	*st = stubStatus
 	return x.do(wire.MethodStatus, a)
@@ -339,6 +349,8 @@ func TestEveryMethodMapsToItsWireMethod(t *testing.T) {
 		}, wire.MethodSetLatency, []int{2000, 0}, nil},
 		{"RemoveLatency", func() (any, error) { return nil, c.RemoveLatency(ctx) }, wire.MethodRemoveLatency, none, nil},
 		{"Status", func() (any, error) { return c.Status(ctx) }, wire.MethodStatus, none, stubStatus},
+		{"KeepFaults", func() (any, error) { return c.(client.FaultKeeper).KeepFaults(ctx, 90*time.Second) },
+			wire.MethodKeepFaults, 90 * time.Second, stubLeaseUntil},
 	} {
 		before, _ := s.record()
 		reply, err := tc.call()
@@ -1084,4 +1096,68 @@ func waitCalls(t *testing.T, s *stub, n int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Fatalf("stub did not receive %d calls in 5 s", n)
+}
+
+// TestCancelledCallLeavesOthersUnharmed: two calls in flight at once, one
+// cancelled; the other is answered as if nothing happened. (Calls used to
+// share one connection, which the cancellation closed under the other,
+// failing it with "may or may not have taken effect".)
+func TestCancelledCallLeavesOthersUnharmed(t *testing.T) {
+	t.Parallel()
+	s := newStub(t)
+	c := newClient(t, s.addr, client.Config{RetryFor: 5 * time.Second})
+	if _, err := c.Status(context.Background()); err != nil { // a connection to share
+		t.Fatal(err)
+	}
+	answerKill := make(chan struct{})
+	s.setBehaviour(func(method string, _ net.Conn) error {
+		switch method {
+		case wire.MethodStop: // hangs until the stub closes
+			<-s.stopping
+			return errors.New("released")
+		case wire.MethodKill: // answered once the Stop was cancelled
+			select {
+			case <-answerKill:
+			case <-s.stopping:
+			}
+		}
+		return nil
+	})
+	killErr := make(chan error, 1)
+	go func() { killErr <- c.Kill(context.Background()) }()
+	stopCtx, cancelStop := context.WithCancel(context.Background())
+	defer cancelStop()
+	stopErr := make(chan error, 1)
+	go func() { stopErr <- c.Stop(stopCtx) }()
+	waitCalls(t, s, 3) // Status, and both in flight
+
+	cancelStop()
+	select {
+	case err := <-stopErr:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled Stop: %v, want it to wrap context.Canceled", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("cancelled Stop still running 2 s later")
+	}
+	close(answerKill)
+	select {
+	case err := <-killErr:
+		if err != nil {
+			t.Fatalf("Kill in flight while another call was cancelled: %v, want it answered", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Kill not answered 5 s after another call was cancelled")
+	}
+	if calls, _ := s.record(); countMethod(calls, wire.MethodKill) != 1 {
+		t.Errorf("stub received Kill %d times, want once", countMethod(calls, wire.MethodKill))
+	}
+	// Later calls reuse a connection that is still sound.
+	_, before := s.record()
+	if _, err := c.Status(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, after := s.record(); after != before {
+		t.Errorf("Status after the calls opened a connection (%d → %d), want an idle one reused", before, after)
+	}
 }

@@ -52,13 +52,15 @@ var builtinHooks = []string{"INPUT", "OUTPUT"}
 // remove everything with a flush, even after a crash of the process that
 // added the rules.
 //
-// It keeps no state in memory: every method reads the rules from the kernel
+// Each rule also goes into ip6tables when Available finds that it works
+// (see the package comment). It keeps no other state in memory: every method reads the rules from the kernel
 // first, because the kernel outlives the agent and is the only record that
 // cannot be stale. The zero value is not usable; use NewIPTables. Methods
 // are safe for concurrent use.
 type IPTables struct {
 	chain   string
 	command []string
+	v6      []string // ip6tables' invocation, once Available found it works; nil until then
 
 	// mu serialises read-modify-write sequences of this process: iptables'
 	// own -w lock covers one invocation only, and DropPort needs several.
@@ -71,7 +73,8 @@ var _ Isolator = (*IPTables)(nil)
 // agent's port in the name lets several agents share one host). command is
 // the iptables invocation, ["iptables"] when empty; tests pass
 // ["ip", "netns", "exec", ns, "iptables"] to work in a namespace of their
-// own. It does not run anything; call Available to check that iptables works.
+// own. It does not run anything; call Available to check that iptables works
+// and to turn on IPv6 isolation where ip6tables works too.
 func NewIPTables(chain string, command ...string) (*IPTables, error) {
 	if !chainNameRE.MatchString(chain) {
 		return nil, fmt.Errorf("netfault: invalid iptables chain name %q: want 1 to 28 characters of [A-Za-z0-9_-]", chain)
@@ -96,6 +99,38 @@ func (t *IPTables) Name() string { return wire.BackendIPTables }
 // Chain returns the name of the chain this IPTables owns.
 func (t *IPTables) Chain() string { return t.chain }
 
+// IPv6 reports whether the rules also go into ip6tables: Available found
+// that it works.
+func (t *IPTables) IPv6() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.v6 != nil
+}
+
+// commands are the invocations every rule goes through: iptables, and
+// ip6tables where it works; t.mu held.
+func (t *IPTables) commands() [][]string {
+	if t.v6 == nil {
+		return [][]string{t.command}
+	}
+	return [][]string{t.command, t.v6}
+}
+
+// ip6Command is the command with its iptables binary replaced by the
+// ip6tables of the same flavour (iptables-legacy → ip6tables-legacy), nil
+// if the command names no iptables binary.
+func ip6Command(command []string) []string {
+	for i := len(command) - 1; i >= 0; i-- {
+		if isIPTablesBinary(command[i]) {
+			c := slices.Clone(command)
+			dir, base := filepath.Split(c[i])
+			c[i] = dir + "ip6" + strings.TrimPrefix(base, "ip")
+			return c
+		}
+	}
+	return nil
+}
+
 // Available reports, as an error a human can act on, why this backend cannot
 // work here: the iptables binary is missing, or it cannot read the filter
 // table (no CAP_NET_ADMIN, or the kernel lacks the filter). The agent calls
@@ -114,12 +149,25 @@ func (t *IPTables) Available() error {
 			return fmt.Errorf("netfault: %s not found in PATH: %w", b, err)
 		}
 	}
-	if _, err := t.run("-S"); err != nil {
+	if _, err := t.run(t.command, "-S"); err != nil {
 		if os.Geteuid() != 0 {
 			return fmt.Errorf("netfault: iptables cannot read the filter table: it needs CAP_NET_ADMIN, run the agent as root or grant the capability: %w", err)
 		}
 		return fmt.Errorf("netfault: iptables cannot read the filter table: %w", err)
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.v6 = nil
+	v6 := ip6Command(t.command)
+	if v6 == nil {
+		plog.Warningf("iptables: command %q names no iptables binary to derive ip6tables from: IPv6 traffic is not isolated", t.command)
+		return nil
+	}
+	if _, err := t.run(v6, "-S"); err != nil {
+		plog.Warningf("iptables: ip6tables does not work (%v): only IPv4 traffic is isolated", err)
+		return nil
+	}
+	t.v6 = v6
 	return nil
 }
 
@@ -137,13 +185,23 @@ func (t *IPTables) DropPort(port int) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	for _, cmd := range t.commands() {
+		if err := t.dropPort(cmd, port); err != nil {
+			return err
+		}
+	}
+	plog.Infof("iptables: dropped TCP port %d (chain %s)", port, t.chain)
+	return nil
+}
 
-	st, err := t.state()
+// dropPort adds the rules of DropPort with one command; t.mu held.
+func (t *IPTables) dropPort(cmd []string, port int) error {
+	st, err := t.state(cmd)
 	if err != nil {
 		return err
 	}
 	if !st.chains[t.chain] {
-		if _, err := t.run("-N", t.chain); err != nil {
+		if _, err := t.run(cmd, "-N", t.chain); err != nil {
 			return fmt.Errorf("netfault: create chain %s: %w", t.chain, err)
 		}
 	}
@@ -154,7 +212,7 @@ func (t *IPTables) DropPort(port int) error {
 		if st.has(t.chain, r) {
 			continue
 		}
-		if _, err := t.run(append([]string{"-A", t.chain}, r...)...); err != nil {
+		if _, err := t.run(cmd, append([]string{"-A", t.chain}, r...)...); err != nil {
 			return fmt.Errorf("netfault: drop port %d: %w", port, err)
 		}
 	}
@@ -162,11 +220,10 @@ func (t *IPTables) DropPort(port int) error {
 		if st.has(hook, t.jumpRule()) {
 			continue
 		}
-		if _, err := t.run("-I", hook, "1", "-j", t.chain); err != nil {
+		if _, err := t.run(cmd, "-I", hook, "1", "-j", t.chain); err != nil {
 			return fmt.Errorf("netfault: jump from %s to %s: %w", hook, t.chain, err)
 		}
 	}
-	plog.Infof("iptables: dropped TCP port %d (chain %s)", port, t.chain)
 	return nil
 }
 
@@ -181,29 +238,47 @@ func (t *IPTables) RecoverPort(port int) error {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-
-	st, err := t.state()
+	cmds := t.commands()
+	deleted, err := t.recoverPort(cmds[0], port)
 	if err != nil {
 		return err
+	}
+	if deleted == 0 {
+		return fmt.Errorf("netfault: recover port %d: port %d is not dropped (chain %s has no rule for it)", port, port, t.chain)
+	}
+	// ip6tables follows iptables: a port dropped before IPv6 was
+	// isolated has no rule there, which is no error.
+	for _, cmd := range cmds[1:] {
+		if _, err := t.recoverPort(cmd, port); err != nil {
+			return err
+		}
+	}
+	plog.Infof("iptables: recovered TCP port %d (chain %s)", port, t.chain)
+	return nil
+}
+
+// recoverPort deletes the rules of DropPort with one command and returns
+// how many it deleted; when the chain is left empty it goes too. t.mu
+// held.
+func (t *IPTables) recoverPort(cmd []string, port int) (int, error) {
+	st, err := t.state(cmd)
+	if err != nil {
+		return 0, err
 	}
 	deleted := 0
 	for _, r := range portRules(port) {
 		if !st.has(t.chain, r) {
 			continue
 		}
-		if _, err := t.run(append([]string{"-D", t.chain}, r...)...); err != nil {
-			return fmt.Errorf("netfault: recover port %d: %w", port, err)
+		if _, err := t.run(cmd, append([]string{"-D", t.chain}, r...)...); err != nil {
+			return deleted, fmt.Errorf("netfault: recover port %d: %w", port, err)
 		}
 		deleted++
 	}
-	if deleted == 0 {
-		return fmt.Errorf("netfault: recover port %d: port %d is not dropped (chain %s has no rule for it)", port, port, t.chain)
+	if deleted > 0 && len(st.rules[t.chain]) == deleted {
+		return deleted, t.resetOn(cmd)
 	}
-	plog.Infof("iptables: recovered TCP port %d (chain %s)", port, t.chain)
-	if len(st.rules[t.chain]) == deleted {
-		return t.reset()
-	}
-	return nil
+	return deleted, nil
 }
 
 // Dropped returns the ports that have a DROP rule in the chain, sorted. It
@@ -213,7 +288,7 @@ func (t *IPTables) RecoverPort(port int) error {
 func (t *IPTables) Dropped() []int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	st, err := t.state()
+	st, err := t.state(t.command)
 	if err != nil {
 		plog.Warningf("iptables: cannot list dropped ports: %v", err)
 		return nil
@@ -245,7 +320,16 @@ func (t *IPTables) Reset() error {
 }
 
 func (t *IPTables) reset() error {
-	st, err := t.state()
+	var errs []error
+	for _, cmd := range t.commands() {
+		errs = append(errs, t.resetOn(cmd))
+	}
+	return errors.Join(errs...)
+}
+
+// resetOn is Reset with one command; t.mu held.
+func (t *IPTables) resetOn(cmd []string) error {
+	st, err := t.state(cmd)
 	if err != nil {
 		return err
 	}
@@ -257,19 +341,19 @@ func (t *IPTables) reset() error {
 			}
 			// Jumps a human or an older agent added by hand may carry
 			// matches; delete by the exact spec iptables printed.
-			if _, err := t.run(append([]string{"-D", chain}, strings.Fields(r)...)...); err != nil && !isNotExist(err) {
+			if _, err := t.run(cmd, append([]string{"-D", chain}, strings.Fields(r)...)...); err != nil && !isNotExist(err) {
 				errs = append(errs, fmt.Errorf("netfault: remove jump from %s to %s: %w", chain, t.chain, err))
 			}
 		}
 	}
 	if st.chains[t.chain] {
 		for _, op := range []string{"-F", "-X"} {
-			if _, err := t.run(op, t.chain); err != nil && !isNotExist(err) {
+			if _, err := t.run(cmd, op, t.chain); err != nil && !isNotExist(err) {
 				errs = append(errs, fmt.Errorf("netfault: remove chain %s: %w", t.chain, err))
 				break
 			}
 		}
-		plog.Infof("iptables: removed chain %s", t.chain)
+		plog.Infof("%s: removed chain %s", filepath.Base(cmd[len(cmd)-1]), t.chain)
 	}
 	return errors.Join(errs...)
 }
@@ -316,8 +400,8 @@ func (s filterState) has(chain string, rule []string) bool {
 	return slices.Contains(s.rules[chain], strings.Join(rule, " "))
 }
 
-func (t *IPTables) state() (filterState, error) {
-	out, err := t.run("-S")
+func (t *IPTables) state(cmd []string) (filterState, error) {
+	out, err := t.run(cmd, "-S")
 	if err != nil {
 		return filterState{}, fmt.Errorf("netfault: list iptables rules: %w", err)
 	}
@@ -375,15 +459,15 @@ func isNotExist(err error) bool {
 	return false
 }
 
-// run runs iptables -w args and returns its stdout.
-func (t *IPTables) run(args ...string) (string, error) {
-	argv := slices.Concat(t.command, []string{"-w"}, args)
+// run runs cmd (iptables or ip6tables) -w args and returns its stdout.
+func (t *IPTables) run(cmd []string, args ...string) (string, error) {
+	argv := slices.Concat(cmd, []string{"-w"}, args)
 	ctx, cancel := context.WithTimeout(context.Background(), iptablesTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	c := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	c.Stdout, c.Stderr = &stdout, &stderr
+	if err := c.Run(); err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w after %v (is another process holding the xtables lock?)", ctx.Err(), iptablesTimeout)
 		}

@@ -14,6 +14,16 @@
 // dialled to its own listen port; the connections the member dials to
 // other members go through their proxies and keep working while it is
 // blackholed, so the proxy's isolation is one-sided.
+//
+// IPTables isolates IPv6 too: every rule it adds with iptables it also adds
+// with ip6tables (the same flavour: iptables-legacy → ip6tables-legacy),
+// whenever ip6tables works here, whatever addresses the member has. Its
+// rules match ports, not addresses, so they cost nothing where no IPv6
+// traffic flows, while a member reached over IPv6 — an address added later,
+// a peer URL naming a host that resolves to one, a listener on [::] — would
+// otherwise slip through a partition. Where ip6tables is missing or does
+// not work, Available says so in the log and isolation stays IPv4 only:
+// hosts without IPv6 need no ip6tables.
 package netfault
 
 import "time"

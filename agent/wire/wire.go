@@ -36,6 +36,25 @@ const (
 	MethodSetLatency    = ServiceName + ".RPCSetLatency"    // []int{ms, rv} → struct{}
 	MethodRemoveLatency = ServiceName + ".RPCRemoveLatency" // struct{} → struct{}
 	MethodStatus        = ServiceName + ".RPCStatus"        // struct{} → Status
+	MethodKeepFaults    = ServiceName + ".RPCKeepFaults"    // time.Duration (lease) → time.Time (its end)
+)
+
+// Every fault an agent injects (Stop, Kill, Pause, DropPort, SetLatency)
+// is held on a lease: each fault call starts the lease, or lengthens it to
+// at least the agent's default (its -fault-lease flag), and
+// MethodKeepFaults renews it for the given duration from now (which may
+// also shorten it). When the lease ends with a fault in place, the agent
+// heals on its own — removes isolation and latency, resumes a paused etcd,
+// restarts an etcd that Stop or Kill ended — and reports it in
+// Status.FaultsExpiredAt and FaultsExpired. A tester renews the lease
+// while it holds faults, so that faults never outlive a tester that died.
+//
+// Stop counts as a fault: the tester stops members only as one (the
+// SIGTERM cases). To stop a member for good, Terminate or Archive it,
+// which no lease expiry undoes.
+const (
+	MinFaultLease = 100 * time.Millisecond
+	MaxFaultLease = 24 * time.Hour
 )
 
 // Failpoint methods. They work when the agent's etcd binary was built with
@@ -109,6 +128,15 @@ type Status struct {
 	// Adopted is true when the process was started by an earlier agent
 	// process that died; this agent found it from its records.
 	Adopted bool
+
+	// FaultLeaseUntil is when the fault lease ends (see MethodKeepFaults);
+	// zero when no lease runs.
+	FaultLeaseUntil time.Time
+	// FaultsExpiredAt is when the agent last healed faults because their
+	// lease ended, zero if it never did; FaultsExpired says what it
+	// healed then, each with the error if healing it failed.
+	FaultsExpiredAt time.Time
+	FaultsExpired   []string
 
 	// Failpoints is true when the agent's etcd binary was built with gofail
 	// failpoints, so that the failpoint methods can work; FailpointsReason

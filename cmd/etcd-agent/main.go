@@ -1,7 +1,8 @@
 // Command etcd-agent manages one etcd process on this machine on behalf of
 // etcd-tester: it serves the RPCs of package wire (Go net/rpc over HTTP) to
 // start, stop, kill, pause, isolate, slow down, archive and terminate etcd.
-// On SIGTERM or SIGINT it heals every fault it injected and stops etcd.
+// On SIGTERM or SIGINT it heals every fault it injected and stops etcd. A
+// fault whose lease the tester stops renewing (-fault-lease) is healed too.
 package main
 
 import (
@@ -46,6 +47,7 @@ func run() error {
 	keyFile := fs.String("key-file", "", "TLS key of -cert-file")
 	caFile := fs.String("trusted-ca-file", "", "CA that must have signed every caller's client certificate (requires TLS)")
 	fs.Int64Var(&cfg.MaxRequestBytes, "max-request-bytes", agent.DefaultMaxRequestBytes, "largest RPC request accepted, in bytes")
+	fs.DurationVar(&cfg.FaultLease, "fault-lease", agent.DefaultFaultLease, fmt.Sprintf("how long an injected fault lasts unless the tester renews its lease; then the agent heals it on its own, so that no fault outlives a tester that died (%v..%v)", wire.MinFaultLease, wire.MaxFaultLease))
 	logLevel := fs.String("log-level", "INFO", "log level: CRITICAL, ERROR, WARNING, NOTICE, INFO, DEBUG or TRACE")
 	fs.Parse(os.Args[1:])
 	if fs.NArg() > 0 {

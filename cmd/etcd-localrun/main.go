@@ -41,7 +41,7 @@ func main() {
 	// The first signal cancels ctx (the tester is asked to heal and report);
 	// later ones are passed on to stop it at once.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	ctx, cancel := context.WithCancel(context.Background())
 	later := make(chan os.Signal, 4)
 	go func() {

@@ -46,13 +46,13 @@ func main() {
 		os.Exit(tester.ExitSetup)
 	}
 
-	// The first SIGINT or SIGTERM cancels the run, which then heals the
+	// The first interrupt signal cancels the run, which then heals the
 	// faults it injected and writes its report; a second one exits at
 	// once. The goroutine lives as long as the process.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, interruptSignals...)
 	go func() {
 		s := <-sigs
 		fmt.Fprintf(os.Stderr, "etcd-tester: %v: healing injected faults and writing the report; signal again to exit at once\n", s)
@@ -69,6 +69,13 @@ func main() {
 	}
 	os.Exit(tester.ExitCode(err))
 }
+
+// interruptSignals all end a run the way Ctrl-C does: heal, report, exit 1.
+// SIGTERM is what service managers and timeout(1) send, SIGHUP what a
+// closed terminal or ssh session sends, and SIGQUIT (Ctrl-\) would
+// otherwise make the Go runtime dump its goroutines and exit at once,
+// leaving every injected fault in place.
+var interruptSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
 
 // oneLine puts the several problems of a joined error on one line.
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
@@ -96,8 +103,8 @@ leader (within -recovery-timeout) and that their key spaces are equal.
 Writes results.json and summary.txt to -report-dir after every case, and
 serves Prometheus metrics and /status on -metrics-addr.
 
-The first SIGINT/SIGTERM heals the injected faults, writes the report and
-exits 1; a second exits at once with 130.
+The first SIGINT, SIGTERM, SIGHUP or SIGQUIT heals the injected faults,
+writes the report and exits 1; a second exits at once with 130.
 
 Exit status: 0 all cases passed; 1 a case failed or interrupted; 2 bad
 flags or setup (agents unreachable, cluster would not start).

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,5 +101,46 @@ func TestSecondSIGINTExits130AtOnce(t *testing.T) {
 	}
 	if !strings.Contains(p.stderr.String(), "etcd-tester: interrupt again: exiting now") {
 		t.Error("stderr does not say the second interrupt exits at once")
+	}
+}
+
+// Issue 16: SIGTERM, SIGHUP and SIGQUIT end a run as SIGINT does — the
+// faults healed, an interrupted report, exit 1 — rather than leaving the
+// faults in place (SIGHUP's and SIGQUIT's default is to die at once).
+// The runs share one set of agents, one after the other: each tester
+// clears what the one before it left.
+func TestOtherSignalsHealLikeSIGINT(t *testing.T) {
+	ta := agenttest.Start(t, 3)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			p := startTester(t, ta, "-cases", "SIGSTOP_QUORUM", "-case-delay", "20s", "-metrics-addr", "")
+			p.waitLog(t, "injected on", 2*time.Minute)
+			if paused := pausedMembers(ta); len(paused) != 2 {
+				t.Fatalf("paused members %v after the injection, want a quorum (2)", paused)
+			}
+			sent := p.signal(t, sig)
+			code, exited := p.wait(t, 30*time.Second)
+			took := exited.Sub(sent)
+			t.Logf("exited %d, %v after %v", code, took.Round(time.Millisecond), sig)
+			if code != tester.ExitFail {
+				t.Fatalf("exit status %d after %v, want %d", code, sig, tester.ExitFail)
+			}
+			if took > 15*time.Second {
+				t.Errorf("exited %v after %v; the 20 s hold was not cut short", took, sig)
+			}
+			for i, a := range ta.Agents {
+				if st := a.Status(); st.State != wire.StateStarted || len(st.DroppedPorts) != 0 || st.Latency != 0 {
+					t.Errorf("agent %d after %v: state %s, dropped ports %v, latency %v; want started and no network fault",
+						i, sig, st.State, st.DroppedPorts, st.Latency)
+				}
+			}
+			if r := p.results(t); !r.Interrupted || r.Passed || len(r.Unhealed) != 0 {
+				t.Errorf("results after %v: interrupted %v, passed %v, unhealed %v; want interrupted, failed, nothing unhealed",
+					sig, r.Interrupted, r.Passed, r.Unhealed)
+			}
+			if want := fmt.Sprintf("etcd-tester: %v: healing injected faults", sig); !strings.Contains(p.stderr.String(), want) {
+				t.Errorf("stderr does not say %q", want)
+			}
+		})
 	}
 }
