@@ -148,6 +148,13 @@ type settings struct {
 	dial  func(endpoint string) (client.Agent, error)
 }
 
+// bootstrapTimeout bounds a wait for health when no fault was just
+// recovered: forming a cluster is not what a short -recovery-timeout
+// measures.
+func (s *settings) bootstrapTimeout() time.Duration {
+	return max(s.RecoveryTimeout, minBootstrapTimeout)
+}
+
 func (c Config) normalize() (*settings, error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
