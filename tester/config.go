@@ -1,12 +1,9 @@
 package tester
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +11,7 @@ import (
 
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/agent/wire"
+	"github.com/etcd-functional/functional/internal/secret"
 	"github.com/etcd-functional/functional/stresser"
 )
 
@@ -94,9 +92,15 @@ const (
 	RecoveryElections = 30
 )
 
+// DefaultRecoveryTimeout is the recovery timeout of a run that gives none:
+// RecoveryElections election timeouts.
+func (c Config) DefaultRecoveryTimeout() time.Duration {
+	return RecoveryElections * c.ElectionTimeout
+}
+
 // DefaultConfig returns the configuration of a run against one local agent.
 func DefaultConfig() Config {
-	return Config{
+	c := Config{
 		AgentEndpoints:         []string{"localhost:" + strconv.Itoa(wire.DefaultPort)},
 		PeerProxy:              true,
 		Limit:                  1,
@@ -104,7 +108,6 @@ func DefaultConfig() Config {
 		ConsistencyCheck:       true,
 		HeartbeatInterval:      100 * time.Millisecond,
 		ElectionTimeout:        time.Second,
-		RecoveryTimeout:        RecoveryElections * time.Second,
 		CaseDelay:              3 * time.Second,
 		StressWarmup:           time.Second,
 		SnapshotCount:          2000,
@@ -114,6 +117,8 @@ func DefaultConfig() Config {
 		MetricsAddr:            ":9028",
 		ReportDir:              "report",
 	}
+	c.RecoveryTimeout = c.DefaultRecoveryTimeout()
+	return c
 }
 
 // SetupError is a run that could not start: bad input, or agents or a
@@ -271,8 +276,8 @@ func (c Config) checkPorts(hosts []string) []error {
 	var errs []error
 	used := map[string]string{} // host:port → who uses it
 	claim := func(host string, port int, who string) {
-		if port < wire.MinPort || port > wire.MaxPort {
-			errs = append(errs, fmt.Errorf("%s: port %d out of range %d..%d", who, port, wire.MinPort, wire.MaxPort))
+		if err := wire.CheckPort(who, port); err != nil {
+			errs = append(errs, err)
 			return
 		}
 		k := net.JoinHostPort(host, strconv.Itoa(port))
@@ -331,46 +336,24 @@ func writes(names []string) bool {
 	return slices.Contains(names, stresser.NameKeys) || slices.Contains(names, stresser.NameLease)
 }
 
-// agentClientConfig reads the token and TLS files.
+// agentClientConfig reads the token and TLS files through internal/secret,
+// as the agent reads its own: both sides accept the same files.
 func (c Config) agentClientConfig() (client.Config, error) {
 	var cfg client.Config
 	var errs []error
-	if c.AgentTokenFile != "" {
-		b, err := os.ReadFile(c.AgentTokenFile)
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("-agent-token-file: %w", err))
-		case strings.TrimSpace(string(b)) == "":
-			errs = append(errs, fmt.Errorf("-agent-token-file: %s is empty", c.AgentTokenFile))
-		default:
-			cfg.Token = strings.TrimSpace(string(b))
-		}
+	tok, err := secret.ReadToken(c.AgentTokenFile)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("-agent-token-file: %w", err))
 	}
+	cfg.Token = tok
 	if (c.AgentCertFile == "") != (c.AgentKeyFile == "") {
 		errs = append(errs, errors.New("-agent-cert-file and -agent-key-file: give both or neither"))
+		return cfg, errors.Join(errs...)
 	}
-	if c.AgentCertFile != "" || c.AgentKeyFile != "" || c.AgentCAFile != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if c.AgentCertFile != "" && c.AgentKeyFile != "" {
-			cert, err := tls.LoadX509KeyPair(c.AgentCertFile, c.AgentKeyFile)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("-agent-cert-file/-agent-key-file: %w", err))
-			}
-			tc.Certificates = []tls.Certificate{cert}
-		}
-		if c.AgentCAFile != "" {
-			pem, err := os.ReadFile(c.AgentCAFile)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("-agent-ca-file: %w", err))
-			} else {
-				pool := x509.NewCertPool()
-				if !pool.AppendCertsFromPEM(pem) {
-					errs = append(errs, fmt.Errorf("-agent-ca-file: %s holds no PEM certificate", c.AgentCAFile))
-				}
-				tc.RootCAs = pool
-			}
-		}
-		cfg.TLS = tc
+	tc, err := secret.ClientTLS(c.AgentCertFile, c.AgentKeyFile, c.AgentCAFile)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("-agent-cert-file, -agent-key-file, -agent-ca-file: %w", err))
 	}
+	cfg.TLS = tc
 	return cfg, errors.Join(errs...)
 }
