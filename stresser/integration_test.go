@@ -34,6 +34,39 @@ func mustNew(t *testing.T, cfg Config) *Composite {
 	return s
 }
 
+// waitFor polls cond until it holds, for at most 30 s: a loaded machine
+// makes fixed sleeps too short, a condition only slower.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 30s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// settledRevision returns the cluster's revision once it has not moved for
+// 300 ms: requests cut off by a pause or cancel may still commit, and a
+// paused load must be judged after they have.
+func settledRevision(t *testing.T, cli *clientv3.Client) int64 {
+	t.Helper()
+	const quiet = 300 * time.Millisecond
+	rev, since := revision(t, cli), time.Now()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Since(since) < quiet {
+		if time.Now().After(deadline) {
+			t.Fatalf("revision still moving after 30s (now %d)", rev)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if r := revision(t, cli); r != rev {
+			rev, since = r, time.Now()
+		}
+	}
+	return rev
+}
+
 func revision(t *testing.T, cli *clientv3.Client) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -97,17 +130,16 @@ func TestKeyStresserLifecycle(t *testing.T) {
 	// reached etcd and still commit (it is counted as canceled), so the
 	// revision is taken once those have settled.
 	cli := c.Client(t)
-	time.Sleep(300 * time.Millisecond)
-	rev := revision(t, cli)
+	rev := settledRevision(t, cli)
 	modified := s.ModifiedKeys()
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // the window in which nothing may be sent
 	if got := revision(t, cli); got != rev || s.ModifiedKeys() != modified {
 		t.Fatalf("paused, yet revision %d -> %d, modified keys %d -> %d", rev, got, modified, s.ModifiedKeys())
 	}
 
 	// Resumed: load again, counted in a new interval.
 	s.Resume()
-	time.Sleep(time.Second)
+	waitFor(t, "a write after Resume", func() bool { return s.ModifiedKeys() > modified })
 	st2 := s.Pause()
 	if st2.Success == 0 || !st2.Start.After(st.Start.Add(st.Duration)) {
 		t.Fatalf("after Resume: %d successes, interval starting %v (previous ended %v)", st2.Success, st2.Start, st.Start.Add(st.Duration))
@@ -129,12 +161,12 @@ func TestKeyStresserLifecycle(t *testing.T) {
 	}
 
 	// The caller's context ends the load too.
+	modified = s.ModifiedKeys()
 	s.Resume()
-	time.Sleep(300 * time.Millisecond)
+	waitFor(t, "a write after the last Resume", func() bool { return s.ModifiedKeys() > modified })
 	cancel()
-	time.Sleep(300 * time.Millisecond) // requests cut off by the cancel finish
-	rev = revision(t, cli)
-	time.Sleep(500 * time.Millisecond)
+	rev = settledRevision(t, cli)
+	time.Sleep(500 * time.Millisecond) // the window in which nothing may be sent
 	if got := revision(t, cli); got != rev {
 		t.Fatalf("context canceled, yet revision %d -> %d", rev, got)
 	}

@@ -149,7 +149,6 @@ type settings struct {
 	Config
 	hosts []string // member host per agent
 	env   Env      // what is known before any agent answers
-	cases []Case   // selected, before environment checks that need agents
 	dial  func(endpoint string) (client.Agent, error)
 }
 
@@ -160,10 +159,53 @@ func (s *settings) bootstrapTimeout() time.Duration {
 	return max(s.RecoveryTimeout, minBootstrapTimeout)
 }
 
+// normalize works on its own copy of c: checkAgents fills in the ports.
 func (c Config) normalize() (*settings, error) {
+	hosts, errs := c.checkAgents()
+	errs = append(errs, c.checkNumbers()...)
+	errs = append(errs, c.checkStresser(hosts)...)
+	dial := c.DialAgent
+	if dial == nil {
+		acfg, err := c.agentClientConfig()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		dial = func(ep string) (client.Agent, error) { return client.New(ep, acfg) }
+	}
+	s := &settings{Config: c, hosts: hosts, dial: dial}
+	s.env = Env{
+		Members:      len(hosts),
+		Hosts:        hosts,
+		PeerProxy:    c.PeerProxy,
+		StressWrites: writes(c.Stresser.Names),
+	}
+	if len(errs) == 0 {
+		// Before any agent answers: named cases that cannot run here,
+		// and bad schedules, are bad input. setup selects for real
+		// once the agents' backends are known.
+		if _, _, err := s.selectCases(nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, setupErr(err)
+	}
+	return s, nil
+}
+
+// selectCases selects the cases of the run in the environment known so
+// far and the agents' network backends (nil until they have answered).
+func (s *settings) selectCases(backends []string) ([]Case, []Skip, error) {
+	env := s.env
+	env.Backends = backends
+	return selectCases(Catalogue(s.Config), s.Cases, s.ScheduleCases, env)
+}
+
+// checkAgents checks the endpoints and ports, filling in the default
+// ports, and returns each agent's member host.
+func (c *Config) checkAgents() ([]string, []error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
 	n := len(c.AgentEndpoints)
 	if n == 0 {
 		bad("-agent-endpoints: none given; want a comma list of host:port")
@@ -192,9 +234,14 @@ func (c Config) normalize() (*settings, error) {
 	if len(errs) == 0 {
 		errs = append(errs, c.checkPorts(hosts)...)
 	}
+	return hosts, errs
+}
 
-	switch {
-	case c.Limit == 0 || c.Limit < -1:
+// checkNumbers checks the counts and durations.
+func (c *Config) checkNumbers() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Limit == 0 || c.Limit < -1 {
 		bad("-limit: %d; want a number of rounds >= 1, or -1 to run until interrupted", c.Limit)
 	}
 	if c.HeartbeatInterval <= 0 {
@@ -225,8 +272,13 @@ func (c Config) normalize() (*settings, error) {
 	if c.ReportDir == "" {
 		bad("-report-dir: empty; want a directory for results.json and summary.txt")
 	}
+	return errs
+}
 
-	// The stresser validates its own fields; it needs endpoints to do so.
+// checkStresser has the stresser validate its own fields; it needs
+// endpoints to do so, known only when the agents' are good.
+func (c *Config) checkStresser(hosts []string) []error {
+	n := len(hosts)
 	sc := c.Stresser
 	sc.Endpoints = nil
 	for i := range n {
@@ -234,39 +286,13 @@ func (c Config) normalize() (*settings, error) {
 			sc.Endpoints = append(sc.Endpoints, "http://"+net.JoinHostPort(hosts[i], strconv.Itoa(c.ClientPorts[i])))
 		}
 	}
-	if len(sc.Endpoints) == n && n > 0 {
-		if err := sc.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("-stresser and -stress-*: %w", err))
-		}
+	if n == 0 || len(sc.Endpoints) != n {
+		return nil
 	}
-
-	dial := c.DialAgent
-	if dial == nil {
-		acfg, err := c.agentClientConfig()
-		if err != nil {
-			errs = append(errs, err)
-		}
-		dial = func(ep string) (client.Agent, error) { return client.New(ep, acfg) }
+	if err := sc.Validate(); err != nil {
+		return []error{fmt.Errorf("-stresser and -stress-*: %w", err)}
 	}
-
-	s := &settings{Config: c, hosts: hosts, dial: dial}
-	s.env = Env{
-		Members:      n,
-		Hosts:        hosts,
-		PeerProxy:    c.PeerProxy,
-		StressWrites: writes(c.Stresser.Names),
-	}
-	if len(errs) == 0 {
-		var err error
-		s.cases, _, err = selectCases(Catalogue(c), c.Cases, c.ScheduleCases, s.env)
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, setupErr(err)
-	}
-	return s, nil
+	return nil
 }
 
 // checkPorts finds ports out of range and ports used twice on one host,

@@ -1,24 +1,3 @@
-// Package tester drives etcd-agents to run an etcd cluster through fault
-// cases while a stresser loads it, and checks after each fault that the
-// cluster recovered and stayed consistent.
-//
-// A run bootstraps one member per agent, then plays rounds of cases. Each
-// case waits for a healthy cluster, starts the load, injects its fault on
-// targets chosen from the live cluster (the leader now, followers by a
-// seeded draw), holds it, recovers, pauses the load and waits — bounded —
-// for every member to be healthy under one leader; then the checkers
-// compare the members' key spaces and the stresser's leases. A failed case
-// is recovered all the same, every member archived under the case's name,
-// and the cluster bootstrapped anew.
-//
-// Everything a run does is in results.json and summary.txt (rewritten
-// after every case) and in Prometheus metrics. A run interrupted through
-// its context heals every fault it injected before it returns.
-//
-//	cfg := tester.DefaultConfig()
-//	cfg.AgentEndpoints = []string{"10.0.0.1:9027", "10.0.0.2:9027", "10.0.0.3:9027"}
-//	err := tester.Run(ctx, cfg)
-//	os.Exit(tester.ExitCode(err))
 package tester
 
 import (
@@ -169,12 +148,12 @@ func (t *tester) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agents must answer within %v before a run: %w", agentProbeTimeout, err)
 	}
-	env := s.env
-	for _, st := range sts {
-		env.Backends = append(env.Backends, st.NetworkBackend)
+	backends := make([]string, len(sts))
+	for i, st := range sts {
+		backends[i] = st.NetworkBackend
 	}
 	var skipped []Skip
-	t.cases, skipped, err = selectCases(Catalogue(s.Config), s.Cases, s.ScheduleCases, env)
+	t.cases, skipped, err = s.selectCases(backends)
 	t.report.Skipped = append(t.report.Skipped, skipped...)
 	if err != nil {
 		return err
