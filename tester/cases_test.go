@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/etcd-functional/functional/agent/wire"
+	"github.com/etcd-functional/functional/stresser"
 )
 
 // The catalogue, by name.
@@ -234,5 +235,33 @@ func TestQuorumTargetsFollowSeed(t *testing.T) {
 	}
 	if a, b := pick(2, 4), pick(2, 4); !slices.Equal(a, b) || len(a) != 3 {
 		t.Errorf("quorum of 5 with the same seed: %v then %v", a, b)
+	}
+}
+
+// A wrapper keeps what it wraps: an until-snapshot case over a case
+// without load, with its own hold and stress checker, still runs without
+// load, holds its way and judges its load.
+func TestWrapperForwardsOptionalInterfaces(t *testing.T) {
+	inner := noFail{stress: false}
+	u := untilSnapshot{inner: inner, entries: 10}
+	if u.Stress() {
+		t.Error("Stress: the inner case runs without load")
+	}
+	if unwrap(u) != Case(inner) {
+		t.Errorf("unwrap: %v", unwrap(u))
+	}
+	withLoad := untilSnapshot{inner: noFail{stress: true, budget: 0.3, qps: 10}}
+	if !withLoad.Stress() || withLoad.StressChecker(stresser.Stats{Unexpected: 1}) == nil {
+		t.Error("StressChecker: the inner case's is hidden")
+	}
+	// A fault case has none of them: the defaults apply.
+	plain := untilSnapshot{inner: faultCase{sigkill, leader{}}}
+	if !plain.Stress() || plain.StressChecker(stresser.Stats{}) != nil {
+		t.Error("defaults of a plain fault case")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := plain.Hold(ctx, nil, time.Hour); err == nil {
+		t.Error("the default hold ignored its context")
 	}
 }
