@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/etcd-functional/functional/agent/wire"
 )
 
 // Stresser names accepted in Config.Names.
@@ -205,7 +207,7 @@ func validEndpoint(ep string) bool {
 		return false
 	}
 	n, err := strconv.Atoi(port)
-	return err == nil && n > 0 && n < 65536
+	return err == nil && wire.CheckPort("endpoint", n) == nil
 }
 
 func (w KeyWeights) validate(txnOps int) error {

@@ -2,6 +2,7 @@ package stresser
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +33,53 @@ func mustNew(t *testing.T, cfg Config) *Composite {
 	}
 	t.Cleanup(func() { s.Close() })
 	return s
+}
+
+// waitFor polls cond until it holds, for at most 30 s: a loaded machine
+// makes fixed sleeps too short, a condition only slower.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 30s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// liveSuccesses reads the running interval's successes so far, and how
+// many operations have had one.
+func liveSuccesses(s *Composite) (n int64, ops int) {
+	s.rec.mu.Lock()
+	defer s.rec.mu.Unlock()
+	for _, o := range s.rec.ops {
+		n += o.Success
+		if o.Success > 0 {
+			ops++
+		}
+	}
+	return n, ops
+}
+
+// settledRevision returns the cluster's revision once it has not moved for
+// 300 ms: requests cut off by a pause or cancel may still commit, and a
+// paused load must be judged after they have.
+func settledRevision(t *testing.T, cli *clientv3.Client) int64 {
+	t.Helper()
+	const quiet = 300 * time.Millisecond
+	rev, since := revision(t, cli), time.Now()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Since(since) < quiet {
+		if time.Now().After(deadline) {
+			t.Fatalf("revision still moving after 30s (now %d)", rev)
+		}
+		time.Sleep(50 * time.Millisecond)
+		if r := revision(t, cli); r != rev {
+			rev, since = r, time.Now()
+		}
+	}
+	return rev
 }
 
 func revision(t *testing.T, cli *clientv3.Client) int64 {
@@ -69,7 +117,14 @@ func TestKeyStresserLifecycle(t *testing.T) {
 	if err := s.Stress(ctx); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second)
+	// At least 2 s, and until a second's worth of requests has succeeded
+	// with every operation among them: a loaded machine slows the load,
+	// and a fixed window then sees too little.
+	start := time.Now()
+	waitFor(t, "a second's worth of requests, every op", func() bool {
+		n, ops := liveSuccesses(s)
+		return time.Since(start) >= 2*time.Second && n >= int64(cfg.QPS) && ops >= len(keyOpNames)
+	})
 	st := s.Pause()
 	if st.Failure != 0 || st.Unexpected != 0 {
 		t.Fatalf("healthy cluster: %d failures %v", st.Failure, st.Errors)
@@ -83,7 +138,7 @@ func TestKeyStresserLifecycle(t *testing.T) {
 		t.Errorf("only %d requests in %v at %d/s", st.Success, st.Duration, cfg.QPS)
 	}
 	checkBelowRate(t, st, cfg.QPS)
-	if n := len(st.Series); n < 2 || n > 3 {
+	if n, d := len(st.Series), st.Duration.Seconds(); n < int(d) || n > int(math.Ceil(d))+1 {
 		t.Errorf("%v interval has %d seconds of series", st.Duration, n)
 	}
 	if st.Latency.Count != st.Success || st.Latency.P50 <= 0 || st.Latency.P99 < st.Latency.P50 || st.Latency.Max < st.Latency.P99 {
@@ -97,17 +152,16 @@ func TestKeyStresserLifecycle(t *testing.T) {
 	// reached etcd and still commit (it is counted as canceled), so the
 	// revision is taken once those have settled.
 	cli := c.Client(t)
-	time.Sleep(300 * time.Millisecond)
-	rev := revision(t, cli)
+	rev := settledRevision(t, cli)
 	modified := s.ModifiedKeys()
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // the window in which nothing may be sent
 	if got := revision(t, cli); got != rev || s.ModifiedKeys() != modified {
 		t.Fatalf("paused, yet revision %d -> %d, modified keys %d -> %d", rev, got, modified, s.ModifiedKeys())
 	}
 
 	// Resumed: load again, counted in a new interval.
 	s.Resume()
-	time.Sleep(time.Second)
+	waitFor(t, "a write after Resume", func() bool { return s.ModifiedKeys() > modified })
 	st2 := s.Pause()
 	if st2.Success == 0 || !st2.Start.After(st.Start.Add(st.Duration)) {
 		t.Fatalf("after Resume: %d successes, interval starting %v (previous ended %v)", st2.Success, st2.Start, st.Start.Add(st.Duration))
@@ -129,12 +183,12 @@ func TestKeyStresserLifecycle(t *testing.T) {
 	}
 
 	// The caller's context ends the load too.
+	modified = s.ModifiedKeys()
 	s.Resume()
-	time.Sleep(300 * time.Millisecond)
+	waitFor(t, "a write after the last Resume", func() bool { return s.ModifiedKeys() > modified })
 	cancel()
-	time.Sleep(300 * time.Millisecond) // requests cut off by the cancel finish
-	rev = revision(t, cli)
-	time.Sleep(500 * time.Millisecond)
+	rev = settledRevision(t, cli)
+	time.Sleep(500 * time.Millisecond) // the window in which nothing may be sent
 	if got := revision(t, cli); got != rev {
 		t.Fatalf("context canceled, yet revision %d -> %d", rev, got)
 	}

@@ -21,7 +21,17 @@ import (
 // is in flight, so taking the agent away then cuts no reply.
 type killWatch struct {
 	client.Agent
-	killed chan<- string
+	killed     chan<- string
+	restarting chan<- string
+}
+
+// Restart reports that the recovery has begun calling the agent.
+func (k killWatch) Restart(ctx context.Context) (int, error) {
+	select {
+	case k.restarting <- k.Endpoint():
+	default:
+	}
+	return k.Agent.Restart(ctx)
 }
 
 func (k killWatch) Kill(ctx context.Context) error {
@@ -35,14 +45,16 @@ func (k killWatch) Kill(ctx context.Context) error {
 	return err
 }
 
-// watchKills makes cfg's agents report their Kill on the returned channel.
-func watchKills(cfg *tester.Config, ccfg client.Config) <-chan string {
-	killed := make(chan string, len(cfg.AgentEndpoints))
+// watchKills makes cfg's agents report their Kill on the first channel
+// returned, and the start of a Restart on the second.
+func watchKills(cfg *tester.Config, ccfg client.Config) (killed, restarting <-chan string) {
+	k := make(chan string, len(cfg.AgentEndpoints))
+	r := make(chan string, len(cfg.AgentEndpoints))
 	cfg.DialAgent = func(ep string) (client.Agent, error) {
 		a, err := client.New(ep, ccfg)
-		return killWatch{a, killed}, err
+		return killWatch{a, k, r}, err
 	}
-	return killed
+	return k, r
 }
 
 // waitKill waits for the tester's Kill and returns the killed member's
@@ -82,7 +94,7 @@ func TestRunAgentBackAfterOutage(t *testing.T) {
 	cfg.Cases = []string{"SIGKILL_ONE_FOLLOWER"}
 	cfg.CaseDelay = time.Second
 	cfg.StressWarmup = 500 * time.Millisecond
-	killed := watchKills(&cfg, client.Config{})
+	killed, restarting := watchKills(&cfg, client.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	runErr := make(chan error, 1)
@@ -91,7 +103,15 @@ func TestRunAgentBackAfterOutage(t *testing.T) {
 	i := waitKill(t, ta, killed, runErr)
 	ta.Down(i)
 	t.Logf("agent %d (%s) down: its member was killed", i, ta.Endpoints[i])
-	time.Sleep(2 * time.Second) // the hold (1 s) ends meanwhile; recovery calls this agent
+	// The hold ends; the recovery calls the agent that is down.
+	select {
+	case <-restarting:
+	case err := <-runErr:
+		t.Fatalf("Run returned before the recovery called the agent: %v", err)
+	case <-time.After(2 * time.Minute):
+		cancel()
+		t.Fatalf("no Restart within 2 minutes; Run: %v", <-runErr)
+	}
 	if err := ta.Up(i); err != nil {
 		cancel()
 		<-runErr
@@ -129,7 +149,7 @@ func TestRunAgentGoneFailsCase(t *testing.T) {
 	cfg.Cases = []string{"SIGKILL_ONE_FOLLOWER"}
 	cfg.CaseDelay = time.Second
 	cfg.StressWarmup = 500 * time.Millisecond
-	killed := watchKills(&cfg, client.Config{RetryFor: retryFor, DialTimeout: time.Second})
+	killed, _ := watchKills(&cfg, client.Config{RetryFor: retryFor, DialTimeout: time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	runErr := make(chan error, 1)

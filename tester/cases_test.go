@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/etcd-functional/functional/agent/wire"
+	"github.com/etcd-functional/functional/stresser"
 )
 
 // The catalogue, by name.
@@ -32,15 +33,17 @@ func TestCatalogue(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("catalogue:\n got %v\nwant %v", got, want)
 	}
-	lines := ListCases(DefaultConfig())
-	if len(lines) != len(wantCases) {
-		t.Fatalf("ListCases: %d lines", len(lines))
-	}
-	for i, l := range lines {
+	// Every case listed once, by name, with a description.
+	listed := map[string]bool{}
+	for _, l := range ListCases(DefaultConfig()) {
 		name, desc, ok := strings.Cut(l, " ")
-		if !ok || name != names[i] || strings.TrimSpace(desc) == "" {
-			t.Errorf("ListCases line %q: want the name then a description", l)
+		if !ok || !slices.Contains(wantCases, name) || listed[name] || strings.TrimSpace(desc) == "" {
+			t.Errorf("ListCases line %q: want a case's name, once, then a description", l)
 		}
+		listed[name] = true
+	}
+	if len(listed) != len(wantCases) {
+		t.Errorf("ListCases lists %d cases, want %d", len(listed), len(wantCases))
 	}
 }
 
@@ -151,12 +154,22 @@ func TestSelectNamesAndSchedule(t *testing.T) {
 	if err != nil || !slices.Equal(CaseNames(sel), want) {
 		t.Fatalf("scheduled: %v, %v; want %v", CaseNames(sel), err, want)
 	}
-	// Indices count in the list after skips.
+	// Indices count in the list after skips: with the BLACKHOLE cases
+	// skipped, a later case has a smaller index than in the catalogue.
 	env := env3()
 	env.Hosts = []string{"h", "h", "h"}
-	sel, _, err = selectCases(cat, nil, []int{13, 14}, env)
-	if err != nil || !slices.Equal(CaseNames(sel), []string{"SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "DELAY_PEER_PORT_TX_RX_ONE_FOLLOWER"}) {
-		t.Errorf("schedule after skips: %v, %v", CaseNames(sel), err)
+	all, _, _ := selectCases(cat, nil, nil, env)
+	want = []string{"SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "DELAY_PEER_PORT_TX_RX_ONE_FOLLOWER"}
+	var sched []int
+	for _, n := range want {
+		sched = append(sched, slices.Index(CaseNames(all), n))
+	}
+	if d := "DELAY_PEER_PORT_TX_RX_ONE_FOLLOWER"; slices.Index(CaseNames(all), d) >= slices.Index(CaseNames(cat), d) {
+		t.Fatalf("%s: the skipped cases did not move it up", d)
+	}
+	sel, _, err = selectCases(cat, nil, sched, env)
+	if err != nil || !slices.Equal(CaseNames(sel), want) {
+		t.Errorf("schedule %v after skips: %v, %v; want %v", sched, CaseNames(sel), err, want)
 	}
 }
 
@@ -222,5 +235,33 @@ func TestQuorumTargetsFollowSeed(t *testing.T) {
 	}
 	if a, b := pick(2, 4), pick(2, 4); !slices.Equal(a, b) || len(a) != 3 {
 		t.Errorf("quorum of 5 with the same seed: %v then %v", a, b)
+	}
+}
+
+// A wrapper keeps what it wraps: an until-snapshot case over a case
+// without load, with its own hold and stress checker, still runs without
+// load, holds its way and judges its load.
+func TestWrapperForwardsOptionalInterfaces(t *testing.T) {
+	inner := noFail{stress: false}
+	u := untilSnapshot{inner: inner, entries: 10}
+	if u.Stress() {
+		t.Error("Stress: the inner case runs without load")
+	}
+	if unwrap(u) != Case(inner) {
+		t.Errorf("unwrap: %v", unwrap(u))
+	}
+	withLoad := untilSnapshot{inner: noFail{stress: true, budget: 0.3, qps: 10}}
+	if !withLoad.Stress() || withLoad.StressChecker(stresser.Stats{Unexpected: 1}) == nil {
+		t.Error("StressChecker: the inner case's is hidden")
+	}
+	// A fault case has none of them: the defaults apply.
+	plain := untilSnapshot{inner: faultCase{sigkill, leader{}}}
+	if !plain.Stress() || plain.StressChecker(stresser.Stats{}) != nil {
+		t.Error("defaults of a plain fault case")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := plain.Hold(ctx, nil, time.Hour); err == nil {
+		t.Error("the default hold ignored its context")
 	}
 }

@@ -4,197 +4,166 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
-	"time"
-
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
 
 	"github.com/etcd-functional/functional/stresser"
 )
 
 // Checker verifies, after a fault has healed and the load is paused, that
-// the cluster is still right. The error names what is wrong.
+// the cluster is still right. The error names what is wrong; an error
+// wrapping ErrCheckUnknown says the checker could not decide (the case
+// does not fail for it, the report says unknown).
 type Checker interface {
 	Check(ctx context.Context) error
 }
 
-// namedChecker labels a checker's errors.
+// ErrCheckUnknown is wrapped by a checker's error when it could not reach
+// a verdict (a history too long to search in time, say).
+var ErrCheckUnknown = errors.New("verdict unknown")
+
+// NewChecker builds the checker of one case from what the case did. It
+// returns nil when it has nothing to check in this case (no load, turned
+// off by the configuration).
+type NewChecker func(cc *CheckContext) Checker
+
+// CheckContext is what a checker gets of one case. Each checker gets its
+// own, and records its figures and files on it for the report.
+type CheckContext struct {
+	Cluster *Cluster
+	Config  Config
+	Case    Case
+	// Result is the case so far: targets, inject, recover and healthy
+	// times, and the load's Stats. Read it; the tester writes it.
+	Result *CaseResult
+	// Stresser is the load of the case, paused; nil if the case ran
+	// without load.
+	Stresser *stresser.Composite
+	// Dir is the case's own directory under the report directory, for
+	// files a checker writes; it is created by MkDir.
+	Dir string
+
+	figures map[string]float64
+	files   []string
+}
+
+// MkDir creates cc.Dir and returns it.
+func (cc *CheckContext) MkDir() (string, error) {
+	return cc.Dir, os.MkdirAll(cc.Dir, 0o755)
+}
+
+// Figure records a named number of the check for the report ("ops": 1234).
+func (cc *CheckContext) Figure(name string, v float64) {
+	if cc.figures == nil {
+		cc.figures = map[string]float64{}
+	}
+	cc.figures[name] = v
+}
+
+// File records a file the check wrote, for the report.
+func (cc *CheckContext) File(path string) { cc.files = append(cc.files, path) }
+
+// Verdicts of a CheckResult.
+const (
+	VerdictPass    = "pass"
+	VerdictFail    = "fail"
+	VerdictUnknown = "unknown"
+)
+
+// The registry: the checkers every case runs, in order. Built-ins are
+// listed here; a checker outside the package adds itself with
+// RegisterChecker from an init function.
+var (
+	checkersMu sync.Mutex
+	registry   = []registered{
+		{"hash", newHashCheck},
+		{"stresser", newStresserCheck},
+		{"stress budget", newStressBudgetCheck},
+	}
+)
+
+type registered struct {
+	name string
+	new  NewChecker
+}
+
+// RegisterChecker adds a checker that every case runs after the
+// built-in ones, under name (as the report and errors show it). It panics
+// if name is taken: two checkers under one name are a programming error.
+func RegisterChecker(name string, f NewChecker) {
+	checkersMu.Lock()
+	defer checkersMu.Unlock()
+	if slices.ContainsFunc(registry, func(r registered) bool { return r.name == name }) {
+		panic(fmt.Sprintf("tester: checker %q registered twice", name))
+	}
+	registry = append(registry, registered{name, f})
+}
+
+// Checkers names the registered checkers, in the order they run.
+func Checkers() []string {
+	checkersMu.Lock()
+	defer checkersMu.Unlock()
+	names := make([]string, len(registry))
+	for i, r := range registry {
+		names[i] = r.name
+	}
+	return names
+}
+
+// namedChecker is a checker built for one case.
 type namedChecker struct {
 	name string
 	Checker
+	cc *CheckContext
 }
 
-// checkers runs every checker, also after one has failed, and joins their
-// errors, each prefixed with its checker's name.
-type checkers []namedChecker
-
-func (cs checkers) Check(ctx context.Context) error {
-	var errs []error
-	for _, c := range cs {
-		if err := c.Checker.Check(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("%s check: %w", c.name, err))
+// buildCheckers builds every registered checker for one case from cc.
+func buildCheckers(cc CheckContext) []namedChecker {
+	checkersMu.Lock()
+	reg := slices.Clone(registry)
+	checkersMu.Unlock()
+	var out []namedChecker
+	for _, r := range reg {
+		own := cc // each checker records its own figures
+		if ck := r.new(&own); ck != nil {
+			out = append(out, namedChecker{r.name, ck, &own})
 		}
-	}
-	return errors.Join(errs...)
-}
-
-// kvMember is what the hash checker needs of one member.
-type kvMember interface {
-	Name() string
-	// Status returns the member's current revision, the leader it sees
-	// and its own ID.
-	Status(ctx context.Context) (rev int64, leader, id uint64, err error)
-	// HashKV returns the hash of the key space up to rev, and the
-	// compaction revision the hash starts from.
-	HashKV(ctx context.Context, rev int64) (hash uint32, compactRev int64, err error)
-}
-
-// hashChecker compares the members' key spaces. It reads every member's
-// revision, takes the leader's as R, and compares every member's hash of
-// the key space at R: one point of history for all, so writes that land
-// between the reads (short leases expiring) cannot make equal stores look
-// different. Members still catching up make it retry.
-type hashChecker struct {
-	members  []kvMember
-	tries    int
-	interval time.Duration
-}
-
-// Upstream's bounds: 7 tries, 1 s apart.
-const (
-	hashCheckTries    = 7
-	hashCheckInterval = time.Second
-)
-
-func newHashChecker(ms []kvMember) hashChecker {
-	return hashChecker{members: ms, tries: hashCheckTries, interval: hashCheckInterval}
-}
-
-func (h hashChecker) Check(ctx context.Context) error {
-	var last error
-	for try := range h.tries {
-		if try > 0 {
-			if err := sleep(ctx, h.interval); err != nil {
-				return fmt.Errorf("%w (last: %v)", err, last)
-			}
-		}
-		if last = h.once(ctx); last == nil {
-			return nil
-		}
-	}
-	return fmt.Errorf("members differ after %d tries %v apart: %w", h.tries, h.interval, last)
-}
-
-type memberKV struct {
-	rev        int64
-	leader, id uint64
-	hash       uint32
-	compactRev int64
-	err        error
-}
-
-func (h hashChecker) once(ctx context.Context) error {
-	kvs := make([]memberKV, len(h.members))
-	for i, m := range h.members {
-		kvs[i].rev, kvs[i].leader, kvs[i].id, kvs[i].err = m.Status(ctx)
-	}
-	// R is the revision of the member that the others (and it) call
-	// leader.
-	r := int64(-1)
-	for i := range kvs {
-		if kvs[i].err == nil && kvs[i].leader != 0 && kvs[i].id == kvs[i].leader {
-			r = kvs[i].rev
-		}
-	}
-	if r < 0 {
-		return fmt.Errorf("no member is the leader: %s", h.describe(kvs, false))
-	}
-	for i := range kvs {
-		if kvs[i].err != nil || kvs[i].rev != r {
-			return fmt.Errorf("revisions differ (leader's is %d): %s", r, h.describe(kvs, false))
-		}
-	}
-	for i, m := range h.members {
-		kvs[i].hash, kvs[i].compactRev, kvs[i].err = m.HashKV(ctx, r)
-	}
-	for i := range kvs {
-		if kvs[i].err != nil || kvs[i].hash != kvs[0].hash || kvs[i].compactRev != kvs[0].compactRev {
-			return fmt.Errorf("hashes at revision %d differ: %s", r, h.describe(kvs, true))
-		}
-	}
-	return nil
-}
-
-func (h hashChecker) describe(kvs []memberKV, hashes bool) string {
-	parts := make([]string, len(kvs))
-	for i, kv := range kvs {
-		s := h.members[i].Name() + " "
-		switch {
-		case kv.err != nil:
-			s += "error: " + kv.err.Error()
-		case hashes:
-			s += fmt.Sprintf("revision %d hash %08x compact revision %d", kv.rev, kv.hash, kv.compactRev)
-		default:
-			s += fmt.Sprintf("revision %d", kv.rev)
-			if kv.id == kv.leader {
-				s += " (leader)"
-			}
-		}
-		parts[i] = s
-	}
-	return strings.Join(parts, "; ")
-}
-
-// memberKV adapts a Member to kvMember over its own connection.
-type liveKV struct{ m *Member }
-
-func (l liveKV) Name() string { return l.m.Name }
-
-func (l liveKV) Status(ctx context.Context) (int64, uint64, uint64, error) {
-	st, err := memberStatus(ctx, l.m)
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	return st.Header.Revision, st.Leader, st.Header.MemberId, nil
-}
-
-func (l liveKV) HashKV(ctx context.Context, rev int64) (uint32, int64, error) {
-	// Hashing a large store takes a while; allow more than a status.
-	ctx, cancel := context.WithTimeout(ctx, 10*memberCallTimeout)
-	defer cancel()
-	resp, err := pb.NewMaintenanceClient(l.m.cli.ActiveConnection()).HashKV(ctx, &pb.HashKVRequest{Revision: rev})
-	if err != nil {
-		return 0, 0, rpctypes.Error(err)
-	}
-	return resp.Hash, resp.CompactRevision, nil
-}
-
-func (c *Cluster) kvMembers() []kvMember {
-	out := make([]kvMember, len(c.members))
-	for i, m := range c.members {
-		out[i] = liveKV{m}
 	}
 	return out
 }
 
-// stressBudget fails a quiet round whose load saw too many failures, or any
-// failure no fault explains.
-type stressBudget struct {
-	stats    stresser.Stats
-	qps      int
-	fraction float64
+// runCheckers runs every checker, also after one has failed, and returns
+// each one's result and the failures joined, each prefixed with its
+// checker's name. An unknown verdict is reported, not failed.
+func runCheckers(ctx context.Context, cks []namedChecker) ([]CheckResult, error) {
+	var errs []error
+	results := make([]CheckResult, 0, len(cks))
+	for _, c := range cks {
+		r := CheckResult{Name: c.name, Verdict: VerdictPass}
+		err := c.Checker.Check(ctx)
+		switch {
+		case errors.Is(err, ErrCheckUnknown):
+			r.Verdict, r.Error = VerdictUnknown, err.Error()
+		case err != nil:
+			r.Verdict, r.Error = VerdictFail, err.Error()
+			errs = append(errs, fmt.Errorf("%s check: %w", c.name, err))
+		}
+		if c.cc != nil {
+			r.Figures, r.Files = c.cc.figures, c.cc.files
+		}
+		results = append(results, r)
+	}
+	return results, errors.Join(errs...)
 }
 
-func (b stressBudget) Check(context.Context) error {
-	var errs []error
-	if b.stats.Unexpected > 0 {
-		errs = append(errs, fmt.Errorf("%d unexpected stress errors with no fault injected (errors by class: %v)", b.stats.Unexpected, b.stats.Errors))
-	}
-	allowed := b.fraction * float64(b.qps) * b.stats.Duration.Seconds()
-	if float64(b.stats.Failure) > allowed {
-		errs = append(errs, fmt.Errorf("%d stress failures with no fault injected; allowed %.0f (%.0f%% of %d req/s × %.1fs); errors by class: %v",
-			b.stats.Failure, allowed, b.fraction*100, b.qps, b.stats.Duration.Seconds(), b.stats.Errors))
-	}
-	return errors.Join(errs...)
+// caseDir is the directory of one case's files under the report
+// directory, named as its archives are.
+func caseDir(reportDir string, round, index int, name string) string {
+	return filepath.Join(reportDir, caseLabel(round, index, name))
+}
+
+func caseLabel(round, index int, name string) string {
+	return fmt.Sprintf("round%d_case%d_%s", round, index, name)
 }

@@ -3,6 +3,8 @@ package tester
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -169,13 +171,62 @@ func (f checkFunc) Check(ctx context.Context) error { return f(ctx) }
 
 func TestCheckersRunAllAndName(t *testing.T) {
 	ran := 0
-	cks := checkers{
-		{"hash", checkFunc(func(context.Context) error { ran++; return errors.New("differ") })},
-		{"stresser", checkFunc(func(context.Context) error { ran++; return nil })},
-		{"stress budget", checkFunc(func(context.Context) error { ran++; return errors.New("over") })},
+	unknown := &CheckContext{}
+	unknown.Figure("ops", 12)
+	cks := []namedChecker{
+		{"hash", checkFunc(func(context.Context) error { ran++; return errors.New("differ") }), nil},
+		{"stresser", checkFunc(func(context.Context) error { ran++; return nil }), nil},
+		{"history", checkFunc(func(context.Context) error { ran++; return fmt.Errorf("search cut short: %w", ErrCheckUnknown) }), unknown},
+		{"stress budget", checkFunc(func(context.Context) error { ran++; return errors.New("over") }), nil},
 	}
-	err := cks.Check(context.Background())
-	if ran != 3 || err == nil || !strings.Contains(err.Error(), "hash check: differ") || !strings.Contains(err.Error(), "stress budget check: over") {
+	res, err := runCheckers(context.Background(), cks)
+	if ran != 4 || err == nil || !strings.Contains(err.Error(), "hash check: differ") || !strings.Contains(err.Error(), "stress budget check: over") {
 		t.Errorf("ran %d, err %v", ran, err)
 	}
+	if strings.Contains(err.Error(), "history") {
+		t.Errorf("an unknown verdict failed the case: %v", err)
+	}
+	var verdicts []string
+	for _, r := range res {
+		verdicts = append(verdicts, r.Name+"="+r.Verdict)
+	}
+	if want := []string{"hash=fail", "stresser=pass", "history=unknown", "stress budget=fail"}; !slices.Equal(verdicts, want) {
+		t.Errorf("verdicts %v, want %v", verdicts, want)
+	}
+	if res[2].Figures["ops"] != 12 {
+		t.Errorf("figures of the history checker: %v", res[2].Figures)
+	}
+}
+
+// A checker registered from outside runs in every case after the built-in
+// ones and gets the case's context.
+func TestRegisterChecker(t *testing.T) {
+	var got *CheckContext
+	RegisterChecker("test only", func(cc *CheckContext) Checker {
+		got = cc
+		return checkFunc(func(context.Context) error { cc.Figure("seen", 1); return nil })
+	})
+	t.Cleanup(func() {
+		checkersMu.Lock()
+		registry = registry[:len(registry)-1]
+		checkersMu.Unlock()
+	})
+	if names := Checkers(); names[len(names)-1] != "test only" || !slices.Contains(names, "hash") {
+		t.Errorf("checkers %v", names)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("a name registered twice did not panic")
+		}
+	}()
+	res := &CaseResult{Case: "X"}
+	cks := buildCheckers(CheckContext{Config: Config{ConsistencyCheck: false}, Result: res, Dir: "d"})
+	if len(cks) != 1 || cks[0].name != "test only" || got == nil || got.Result != res || got.Dir != "d" {
+		t.Fatalf("built %v for a case without load or hash check", cks)
+	}
+	out, err := runCheckers(context.Background(), cks)
+	if err != nil || len(out) != 1 || out[0].Figures["seen"] != 1 {
+		t.Errorf("results %+v, %v", out, err)
+	}
+	RegisterChecker("hash", nil)
 }

@@ -1,12 +1,9 @@
 package tester
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +11,7 @@ import (
 
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/agent/wire"
+	"github.com/etcd-functional/functional/internal/secret"
 	"github.com/etcd-functional/functional/stresser"
 )
 
@@ -94,9 +92,15 @@ const (
 	RecoveryElections = 30
 )
 
+// DefaultRecoveryTimeout is the recovery timeout of a run that gives none:
+// RecoveryElections election timeouts.
+func (c Config) DefaultRecoveryTimeout() time.Duration {
+	return RecoveryElections * c.ElectionTimeout
+}
+
 // DefaultConfig returns the configuration of a run against one local agent.
 func DefaultConfig() Config {
-	return Config{
+	c := Config{
 		AgentEndpoints:         []string{"localhost:" + strconv.Itoa(wire.DefaultPort)},
 		PeerProxy:              true,
 		Limit:                  1,
@@ -104,7 +108,6 @@ func DefaultConfig() Config {
 		ConsistencyCheck:       true,
 		HeartbeatInterval:      100 * time.Millisecond,
 		ElectionTimeout:        time.Second,
-		RecoveryTimeout:        RecoveryElections * time.Second,
 		CaseDelay:              3 * time.Second,
 		StressWarmup:           time.Second,
 		SnapshotCount:          2000,
@@ -114,6 +117,8 @@ func DefaultConfig() Config {
 		MetricsAddr:            ":9028",
 		ReportDir:              "report",
 	}
+	c.RecoveryTimeout = c.DefaultRecoveryTimeout()
+	return c
 }
 
 // SetupError is a run that could not start: bad input, or agents or a
@@ -144,14 +149,63 @@ type settings struct {
 	Config
 	hosts []string // member host per agent
 	env   Env      // what is known before any agent answers
-	cases []Case   // selected, before environment checks that need agents
 	dial  func(endpoint string) (client.Agent, error)
 }
 
+// bootstrapTimeout bounds a wait for health when no fault was just
+// recovered: forming a cluster is not what a short -recovery-timeout
+// measures.
+func (s *settings) bootstrapTimeout() time.Duration {
+	return max(s.RecoveryTimeout, minBootstrapTimeout)
+}
+
+// normalize works on its own copy of c: checkAgents fills in the ports.
 func (c Config) normalize() (*settings, error) {
+	hosts, errs := c.checkAgents()
+	errs = append(errs, c.checkNumbers()...)
+	errs = append(errs, c.checkStresser(hosts)...)
+	dial := c.DialAgent
+	if dial == nil {
+		acfg, err := c.agentClientConfig()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		dial = func(ep string) (client.Agent, error) { return client.New(ep, acfg) }
+	}
+	s := &settings{Config: c, hosts: hosts, dial: dial}
+	s.env = Env{
+		Members:      len(hosts),
+		Hosts:        hosts,
+		PeerProxy:    c.PeerProxy,
+		StressWrites: writes(c.Stresser.Names),
+	}
+	if len(errs) == 0 {
+		// Before any agent answers: named cases that cannot run here,
+		// and bad schedules, are bad input. setup selects for real
+		// once the agents' backends are known.
+		if _, _, err := s.selectCases(nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, setupErr(err)
+	}
+	return s, nil
+}
+
+// selectCases selects the cases of the run in the environment known so
+// far and the agents' network backends (nil until they have answered).
+func (s *settings) selectCases(backends []string) ([]Case, []Skip, error) {
+	env := s.env
+	env.Backends = backends
+	return selectCases(Catalogue(s.Config), s.Cases, s.ScheduleCases, env)
+}
+
+// checkAgents checks the endpoints and ports, filling in the default
+// ports, and returns each agent's member host.
+func (c *Config) checkAgents() ([]string, []error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-
 	n := len(c.AgentEndpoints)
 	if n == 0 {
 		bad("-agent-endpoints: none given; want a comma list of host:port")
@@ -180,9 +234,14 @@ func (c Config) normalize() (*settings, error) {
 	if len(errs) == 0 {
 		errs = append(errs, c.checkPorts(hosts)...)
 	}
+	return hosts, errs
+}
 
-	switch {
-	case c.Limit == 0 || c.Limit < -1:
+// checkNumbers checks the counts and durations.
+func (c *Config) checkNumbers() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Limit == 0 || c.Limit < -1 {
 		bad("-limit: %d; want a number of rounds >= 1, or -1 to run until interrupted", c.Limit)
 	}
 	if c.HeartbeatInterval <= 0 {
@@ -213,8 +272,13 @@ func (c Config) normalize() (*settings, error) {
 	if c.ReportDir == "" {
 		bad("-report-dir: empty; want a directory for results.json and summary.txt")
 	}
+	return errs
+}
 
-	// The stresser validates its own fields; it needs endpoints to do so.
+// checkStresser has the stresser validate its own fields; it needs
+// endpoints to do so, known only when the agents' are good.
+func (c *Config) checkStresser(hosts []string) []error {
+	n := len(hosts)
 	sc := c.Stresser
 	sc.Endpoints = nil
 	for i := range n {
@@ -222,39 +286,13 @@ func (c Config) normalize() (*settings, error) {
 			sc.Endpoints = append(sc.Endpoints, "http://"+net.JoinHostPort(hosts[i], strconv.Itoa(c.ClientPorts[i])))
 		}
 	}
-	if len(sc.Endpoints) == n && n > 0 {
-		if err := sc.Validate(); err != nil {
-			errs = append(errs, fmt.Errorf("-stresser and -stress-*: %w", err))
-		}
+	if n == 0 || len(sc.Endpoints) != n {
+		return nil
 	}
-
-	dial := c.DialAgent
-	if dial == nil {
-		acfg, err := c.agentClientConfig()
-		if err != nil {
-			errs = append(errs, err)
-		}
-		dial = func(ep string) (client.Agent, error) { return client.New(ep, acfg) }
+	if err := sc.Validate(); err != nil {
+		return []error{fmt.Errorf("-stresser and -stress-*: %w", err)}
 	}
-
-	s := &settings{Config: c, hosts: hosts, dial: dial}
-	s.env = Env{
-		Members:      n,
-		Hosts:        hosts,
-		PeerProxy:    c.PeerProxy,
-		StressWrites: writes(c.Stresser.Names),
-	}
-	if len(errs) == 0 {
-		var err error
-		s.cases, _, err = selectCases(Catalogue(c), c.Cases, c.ScheduleCases, s.env)
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, setupErr(err)
-	}
-	return s, nil
+	return nil
 }
 
 // checkPorts finds ports out of range and ports used twice on one host,
@@ -264,8 +302,8 @@ func (c Config) checkPorts(hosts []string) []error {
 	var errs []error
 	used := map[string]string{} // host:port → who uses it
 	claim := func(host string, port int, who string) {
-		if port < wire.MinPort || port > wire.MaxPort {
-			errs = append(errs, fmt.Errorf("%s: port %d out of range %d..%d", who, port, wire.MinPort, wire.MaxPort))
+		if err := wire.CheckPort(who, port); err != nil {
+			errs = append(errs, err)
 			return
 		}
 		k := net.JoinHostPort(host, strconv.Itoa(port))
@@ -324,46 +362,24 @@ func writes(names []string) bool {
 	return slices.Contains(names, stresser.NameKeys) || slices.Contains(names, stresser.NameLease)
 }
 
-// agentClientConfig reads the token and TLS files.
+// agentClientConfig reads the token and TLS files through internal/secret,
+// as the agent reads its own: both sides accept the same files.
 func (c Config) agentClientConfig() (client.Config, error) {
 	var cfg client.Config
 	var errs []error
-	if c.AgentTokenFile != "" {
-		b, err := os.ReadFile(c.AgentTokenFile)
-		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("-agent-token-file: %w", err))
-		case strings.TrimSpace(string(b)) == "":
-			errs = append(errs, fmt.Errorf("-agent-token-file: %s is empty", c.AgentTokenFile))
-		default:
-			cfg.Token = strings.TrimSpace(string(b))
-		}
+	tok, err := secret.ReadToken(c.AgentTokenFile)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("-agent-token-file: %w", err))
 	}
+	cfg.Token = tok
 	if (c.AgentCertFile == "") != (c.AgentKeyFile == "") {
 		errs = append(errs, errors.New("-agent-cert-file and -agent-key-file: give both or neither"))
+		return cfg, errors.Join(errs...)
 	}
-	if c.AgentCertFile != "" || c.AgentKeyFile != "" || c.AgentCAFile != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if c.AgentCertFile != "" && c.AgentKeyFile != "" {
-			cert, err := tls.LoadX509KeyPair(c.AgentCertFile, c.AgentKeyFile)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("-agent-cert-file/-agent-key-file: %w", err))
-			}
-			tc.Certificates = []tls.Certificate{cert}
-		}
-		if c.AgentCAFile != "" {
-			pem, err := os.ReadFile(c.AgentCAFile)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("-agent-ca-file: %w", err))
-			} else {
-				pool := x509.NewCertPool()
-				if !pool.AppendCertsFromPEM(pem) {
-					errs = append(errs, fmt.Errorf("-agent-ca-file: %s holds no PEM certificate", c.AgentCAFile))
-				}
-				tc.RootCAs = pool
-			}
-		}
-		cfg.TLS = tc
+	tc, err := secret.ClientTLS(c.AgentCertFile, c.AgentKeyFile, c.AgentCAFile)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("-agent-cert-file, -agent-key-file, -agent-ca-file: %w", err))
 	}
+	cfg.TLS = tc
 	return cfg, errors.Join(errs...)
 }

@@ -24,6 +24,8 @@ func TestValidateRejectsBadInput(t *testing.T) {
 	tokenDir := t.TempDir()
 	emptyToken := filepath.Join(tokenDir, "empty")
 	os.WriteFile(emptyToken, nil, 0o600)
+	twoLines := filepath.Join(tokenDir, "two-lines")
+	os.WriteFile(twoLines, []byte("one\ntwo\n"), 0o600)
 
 	for _, tc := range []struct {
 		name string
@@ -59,6 +61,9 @@ func TestValidateRejectsBadInput(t *testing.T) {
 		{"unreadable token", func(c *Config) { c.DialAgent = nil; c.AgentTokenFile = filepath.Join(tokenDir, "missing") }, []string{"-agent-token-file", "no such file"}},
 		{"empty token", func(c *Config) { c.DialAgent = nil; c.AgentTokenFile = emptyToken }, []string{"-agent-token-file", "empty"}},
 		{"cert without key", func(c *Config) { c.DialAgent = nil; c.AgentCertFile = emptyToken }, []string{"give both or neither"}},
+		// internal/secret's rules, the same as the agent's.
+		{"multi-line token", func(c *Config) { c.DialAgent = nil; c.AgentTokenFile = twoLines }, []string{"-agent-token-file", "one line"}},
+		{"client cert without CA", func(c *Config) { c.DialAgent = nil; c.AgentCertFile, c.AgentKeyFile = emptyToken, emptyToken }, []string{"-agent-ca-file", "needs the CA file"}},
 		{"unreadable CA", func(c *Config) { c.DialAgent = nil; c.AgentCAFile = filepath.Join(tokenDir, "ca.pem") }, []string{"-agent-ca-file"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -33,16 +33,16 @@ func TestFaultsRecordedAndHealedExactly(t *testing.T) {
 	c, fakes := fakeCluster(t, 3)
 	startAll(t, fakes)
 
-	if err := c.stopMember(ctx, 0); err != nil {
+	if err := c.Inject(ctx, 0, sigterm); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.pauseMember(ctx, 1); err != nil {
+	if err := c.Inject(ctx, 1, paused{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.dropPeerPort(ctx, 2); err != nil {
+	if err := c.Inject(ctx, 2, blackhole{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.delayPeer(ctx, 2, time.Second, 100*time.Millisecond); err != nil {
+	if err := c.Inject(ctx, 2, delayed{time.Second, 100 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"etcd-0: stopped", "etcd-1: paused", "etcd-2: peer port dropped", "etcd-2: peer traffic delayed"}
@@ -88,12 +88,12 @@ func TestFaultRecordedWhenReplyLost(t *testing.T) {
 
 	// The kill happened but its reply was lost: it must still be healed.
 	fakes[0].lost["Kill"] = true
-	if err := c.killMember(ctx, 0); err == nil || !strings.Contains(err.Error(), "etcd-0") {
+	if err := c.Inject(ctx, 0, sigkill); err == nil || !strings.Contains(err.Error(), "etcd-0") {
 		t.Fatalf("kill with a lost reply: %v", err)
 	}
 	// The pause was refused: nothing to heal.
 	fakes[1].setFail("Pause", errors.New("refused"))
-	if err := c.pauseMember(ctx, 1); err == nil {
+	if err := c.Inject(ctx, 1, paused{}); err == nil {
 		t.Fatal("refused pause succeeded")
 	}
 	if got := c.Faults(); !slices.Equal(got, []string{"etcd-0: stopped"}) {
@@ -124,7 +124,7 @@ func TestDelayNeedsAgentProxy(t *testing.T) {
 	c, fakes := fakeCluster(t, 3)
 	startAll(t, fakes)
 	fakes[1].st.PeerProxy = false
-	err := c.delayPeer(context.Background(), 1, time.Second, 0)
+	err := c.Inject(context.Background(), 1, delayed{time.Second, 0})
 	if err == nil || !strings.Contains(err.Error(), "does not proxy") || len(c.Faults()) != 0 {
 		t.Errorf("delay without the agent's proxy: %v, faults %v", err, c.Faults())
 	}
@@ -134,8 +134,8 @@ func TestArchiveForgetsProcessFaults(t *testing.T) {
 	ctx := context.Background()
 	c, fakes := fakeCluster(t, 3)
 	startAll(t, fakes)
-	c.killMember(ctx, 0)
-	c.dropPeerPort(ctx, 1)
+	c.Inject(ctx, 0, sigkill)
+	c.Inject(ctx, 1, blackhole{})
 	dirs, err := c.Archive(ctx, "round1_case2_SIGKILL_LEADER")
 	if err != nil {
 		t.Fatal(err)
@@ -162,9 +162,9 @@ func TestInterruptHealsAndReports(t *testing.T) {
 	tr.report = Report{Seed: s.Seed, Rounds: []RoundResult{{Round: 1, Cases: []CaseResult{{Case: "SIGSTOP_QUORUM", Index: 1, Error: "interrupted"}}}}, Skipped: []Skip{}}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	c.pauseMember(ctx, 0)
-	c.pauseMember(ctx, 2)
-	c.dropPeerPort(ctx, 1)
+	c.Inject(ctx, 0, paused{})
+	c.Inject(ctx, 2, paused{})
+	c.Inject(ctx, 1, blackhole{})
 	cancel()
 
 	err := tr.finish(ctx, ErrInterrupted, false)
@@ -202,7 +202,7 @@ func TestInterruptReportsUnhealed(t *testing.T) {
 	startAll(t, fakes)
 	tr := &tester{s: s, out: &bytes.Buffer{}, metrics: newMetrics(), cluster: c, report: Report{Rounds: []RoundResult{}}}
 	ctx, cancel := context.WithCancel(context.Background())
-	c.dropPeerPort(ctx, 1)
+	c.Inject(ctx, 1, blackhole{})
 	fakes[1].setFail("RecoverPort", errors.New("iptables: resource busy"))
 	cancel()
 	tr.finish(ctx, ErrInterrupted, false)
@@ -217,10 +217,10 @@ func TestUnreachableMemberStaysOnRecord(t *testing.T) {
 	ctx := context.Background()
 	c, fakes := fakeCluster(t, 3)
 	startAll(t, fakes)
-	if err := c.stopMember(ctx, 0); err != nil {
+	if err := c.Inject(ctx, 0, sigterm); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.pauseMember(ctx, 1); err != nil {
+	if err := c.Inject(ctx, 1, paused{}); err != nil {
 		t.Fatal(err)
 	}
 	unreachable := errors.New("agent unreachable")

@@ -70,6 +70,18 @@ type CaseResult struct {
 	// Archives maps each member to the directory its agent archived its
 	// data and log in after the case failed.
 	Archives map[string]string `json:"archives,omitempty"`
+	// Checks holds each checker's verdict, in the order they ran; absent
+	// when no checker ran (the case failed before).
+	Checks []CheckResult `json:"checks,omitempty"`
+}
+
+// CheckResult is one checker's verdict on one case.
+type CheckResult struct {
+	Name    string             `json:"name"`
+	Verdict string             `json:"verdict"` // VerdictPass, VerdictFail or VerdictUnknown
+	Error   string             `json:"error,omitempty"`
+	Figures map[string]float64 `json:"figures,omitempty"`
+	Files   []string           `json:"files,omitempty"`
 }
 
 // Report file names inside Config.ReportDir.

@@ -123,3 +123,19 @@ func TestSummaryTable(t *testing.T) {
 		t.Errorf("interrupted summary:\n%s", b.String())
 	}
 }
+
+// Checks are additive: a case's checks carry name, verdict, error, figures
+// and files; a case without checks has no "checks" key at all.
+func TestReportChecksField(t *testing.T) {
+	b, err := json.Marshal(CaseResult{Case: "X", Checks: []CheckResult{{Name: "history", Verdict: VerdictUnknown, Error: "cut short", Figures: map[string]float64{"ops": 3}, Files: []string{"h.json"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `"checks":[{"name":"history","verdict":"unknown","error":"cut short","figures":{"ops":3},"files":["h.json"]}]`
+	if !strings.Contains(string(b), want) {
+		t.Errorf("case JSON %s\nwant it to hold %s", b, want)
+	}
+	if b, _ := json.Marshal(CaseResult{Case: "X"}); strings.Contains(string(b), "checks") {
+		t.Errorf("a case without checks: %s", b)
+	}
+}

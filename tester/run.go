@@ -1,24 +1,3 @@
-// Package tester drives etcd-agents to run an etcd cluster through fault
-// cases while a stresser loads it, and checks after each fault that the
-// cluster recovered and stayed consistent.
-//
-// A run bootstraps one member per agent, then plays rounds of cases. Each
-// case waits for a healthy cluster, starts the load, injects its fault on
-// targets chosen from the live cluster (the leader now, followers by a
-// seeded draw), holds it, recovers, pauses the load and waits — bounded —
-// for every member to be healthy under one leader; then the checkers
-// compare the members' key spaces and the stresser's leases. A failed case
-// is recovered all the same, every member archived under the case's name,
-// and the cluster bootstrapped anew.
-//
-// Everything a run does is in results.json and summary.txt (rewritten
-// after every case) and in Prometheus metrics. A run interrupted through
-// its context heals every fault it injected before it returns.
-//
-//	cfg := tester.DefaultConfig()
-//	cfg.AgentEndpoints = []string{"10.0.0.1:9027", "10.0.0.2:9027", "10.0.0.3:9027"}
-//	err := tester.Run(ctx, cfg)
-//	os.Exit(tester.ExitCode(err))
 package tester
 
 import (
@@ -28,7 +7,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/coreos/pkg/capnslog"
@@ -170,12 +148,12 @@ func (t *tester) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agents must answer within %v before a run: %w", agentProbeTimeout, err)
 	}
-	env := s.env
-	for _, st := range sts {
-		env.Backends = append(env.Backends, st.NetworkBackend)
+	backends := make([]string, len(sts))
+	for i, st := range sts {
+		backends[i] = st.NetworkBackend
 	}
 	var skipped []Skip
-	t.cases, skipped, err = selectCases(Catalogue(s.Config), s.Cases, s.ScheduleCases, env)
+	t.cases, skipped, err = s.selectCases(backends)
 	t.report.Skipped = append(t.report.Skipped, skipped...)
 	if err != nil {
 		return err
@@ -264,7 +242,7 @@ rounds:
 				break rounds
 			}
 		}
-		if err := t.afterRound(ctx, rr); err != nil {
+		if err := phaseErr(PhaseMaintain, t.maintain(ctx, rr)); err != nil {
 			rr.Error, rr.Passed = err.Error(), false
 			plog.Errorf("[round#%d] %v", round, err)
 			if ctx.Err() != nil {
@@ -284,13 +262,13 @@ rounds:
 	return t.finish(ctx, runErr, failed)
 }
 
-// afterRound compacts (and verifies the compaction) and, every
+// maintain compacts (and verifies the compaction) after a round and, every
 // DefragInterval rounds, defragments.
-func (t *tester) afterRound(ctx context.Context, rr *RoundResult) error {
+func (t *tester) maintain(ctx context.Context, rr *RoundResult) error {
 	c := t.cluster
 	// No fault was just recovered: a short -recovery-timeout does not
 	// bound this wait (nor the one before a fault).
-	if err := c.WaitHealthy(ctx, max(t.s.RecoveryTimeout, minBootstrapTimeout)); err != nil {
+	if err := c.WaitHealthy(ctx, t.s.bootstrapTimeout()); err != nil {
 		return fmt.Errorf("before compaction: %w", err)
 	}
 	rev, err := c.Compact(ctx, compactKeep)
@@ -376,214 +354,4 @@ func (t *tester) save() {
 	if err := t.report.write(t.s.ReportDir); err != nil {
 		plog.Errorf("%v", err)
 	}
-}
-
-// caseLog prefixes every line of a case with [round#N case#M NAME].
-type caseLog string
-
-func (l caseLog) Infof(format string, args ...any) {
-	plog.Infof("%s %s", string(l), fmt.Sprintf(format, args...))
-}
-func (l caseLog) Errorf(format string, args ...any) {
-	plog.Errorf("%s %s", string(l), fmt.Sprintf(format, args...))
-}
-
-// runCase plays one case. It always recovers what it injected; a failed
-// case archives every member under the case's label (the caller then
-// bootstraps anew). When ctx ends, it returns at once: finish heals.
-func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseResult {
-	c, s := t.cluster, t.s
-	name := cs.Name()
-	lg := caseLog(fmt.Sprintf("[round#%d case#%d %s]", round, index, name))
-	t.metrics.setCase(round, index, name)
-	c.setRand(caseRand(s.Seed, round, index))
-	res := CaseResult{Case: name, Index: index, Targets: []string{}}
-	var errs []error
-	fail := func(format string, args ...any) {
-		err := fmt.Errorf(format, args...)
-		errs = append(errs, err)
-		lg.Errorf("%v", err)
-	}
-
-	wantStress := true
-	if sc, ok := cs.(stressChooser); ok {
-		wantStress = sc.Stress()
-	}
-	stressed := false
-	injected := false
-	func() {
-		if err := c.WaitHealthy(ctx, max(s.RecoveryTimeout, minBootstrapTimeout)); err != nil {
-			fail("before the fault: %w", err)
-			return
-		}
-		if wantStress {
-			if err := t.startStress(ctx); err != nil {
-				fail("start stress: %w", err)
-				return
-			}
-			stressed = true
-			if err := sleep(ctx, s.StressWarmup); err != nil {
-				fail("stress warm-up: %w", err)
-				return
-			}
-		}
-		lg.Infof("inject: %s", cs.Describe())
-		res.InjectTime = time.Now()
-		injected = true
-		err := cs.Inject(ctx, c)
-		res.Targets = append(res.Targets, c.Targets()...)
-		if err != nil {
-			fail("inject: %w", err)
-			return
-		}
-		lg.Infof("injected on %s; holding %v", targetList(res.Targets), s.CaseDelay)
-		hold := func(ctx context.Context, _ *Cluster, d time.Duration) error { return sleep(ctx, d) }
-		if h, ok := cs.(holder); ok {
-			hold = h.Hold
-		}
-		if err := hold(ctx, c, s.CaseDelay); err != nil {
-			fail("holding the fault: %w", err)
-		}
-	}()
-	if ctx.Err() != nil {
-		t.pauseStress(&res, stressed)
-		res.Error = joinErrs(errs)
-		return res
-	}
-
-	if injected {
-		err := cs.Recover(ctx, c)
-		res.RecoverTime = time.Now()
-		if err != nil {
-			fail("recover: %w", err)
-		}
-	}
-	t.pauseStress(&res, stressed)
-
-	if injected && len(errs) == 0 {
-		t.awaitRecovery(ctx, lg, &res, fail)
-	}
-	if len(errs) == 0 {
-		// Bounded: the hash checker retries, the lease checker waits for
-		// short leases to expire.
-		cctx, cancel := context.WithTimeout(ctx, max(2*s.RecoveryTimeout, time.Minute))
-		err := t.checkers(cs, res.Stress).Check(cctx)
-		cancel()
-		if err != nil {
-			fail("%w", err)
-		}
-	}
-
-	res.Passed = len(errs) == 0 && ctx.Err() == nil
-	res.Error = joinErrs(errs)
-	if res.Passed && res.Stress != nil {
-		// The per-second series is for post-mortems; a run of thousands of
-		// cases rewrites its report after each, so passed ones drop it.
-		res.Stress.Series, res.Stress.SeriesDropped = nil, 0
-	}
-	stressLine := "no stress"
-	if res.Stress != nil {
-		stressLine = fmt.Sprintf("stress %.0f req/s %d errors", res.Stress.QPS, res.Stress.Failure)
-	}
-	verdict := "PASS"
-	if !res.Passed {
-		verdict = "FAIL"
-	}
-	recovery := fmt.Sprintf("recovery %.2fs", res.RecoverySeconds)
-	if res.HealthyTime.IsZero() {
-		recovery = "not recovered"
-	}
-	lg.Infof("%s %s (targets %s) %s", verdict, recovery, targetList(res.Targets), stressLine)
-	if !res.Passed && ctx.Err() == nil {
-		t.salvage(ctx, lg, round, index, name, &res)
-	}
-	return res
-}
-
-func targetList(ts []string) string {
-	if len(ts) == 0 {
-		return "none"
-	}
-	return strings.Join(ts, ",")
-}
-
-func joinErrs(errs []error) string {
-	if err := errors.Join(errs...); err != nil {
-		return err.Error()
-	}
-	return ""
-}
-
-func (t *tester) pauseStress(res *CaseResult, stressed bool) {
-	if stressed {
-		st := t.stress.Pause()
-		res.Stress = &st
-	}
-}
-
-// awaitRecovery waits for every member to be healthy under one leader, and
-// measures the time to the first successful put alongside.
-func (t *tester) awaitRecovery(ctx context.Context, lg caseLog, res *CaseResult, fail func(string, ...any)) {
-	c := t.cluster
-	wctx, cancel := context.WithTimeout(ctx, t.s.RecoveryTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
-	var written time.Time
-	var writeErr error
-	wg.Go(func() { written, writeErr = c.firstWrite(wctx) })
-	err := c.WaitHealthy(ctx, t.s.RecoveryTimeout)
-	if err == nil {
-		res.HealthyTime = time.Now()
-		res.RecoverySeconds = res.HealthyTime.Sub(res.RecoverTime).Seconds()
-	} else {
-		cancel() // no point writing to a cluster declared broken
-	}
-	wg.Wait()
-	if err != nil {
-		fail("after recovery (timeout %v): %w", t.s.RecoveryTimeout, err)
-		return
-	}
-	if writeErr != nil {
-		fail("healthy, but no put succeeded within %v: %w", t.s.RecoveryTimeout, writeErr)
-		return
-	}
-	res.FirstWriteSeconds = written.Sub(res.RecoverTime).Seconds()
-	lg.Infof("healthy after %.2fs, first write after %.2fs", res.RecoverySeconds, res.FirstWriteSeconds)
-}
-
-// checkers are the checks of one case.
-func (t *tester) checkers(cs Case, stats *stresser.Stats) Checker {
-	var cks checkers
-	if t.s.ConsistencyCheck {
-		cks = append(cks, namedChecker{"hash", newHashChecker(t.cluster.kvMembers())})
-	}
-	if stats != nil {
-		cks = append(cks, namedChecker{"stresser", t.stress})
-		if sc, ok := cs.(statsChecker); ok {
-			if ck := sc.StressChecker(*stats); ck != nil {
-				cks = append(cks, namedChecker{"stress budget", ck})
-			}
-		}
-	}
-	return cks
-}
-
-// salvage heals what is left of a failed case's faults and archives every
-// member for the post-mortem.
-func (t *tester) salvage(ctx context.Context, lg caseLog, round, index int, name string, res *CaseResult) {
-	c := t.cluster
-	hctx, cancel := context.WithTimeout(ctx, healTimeout)
-	defer cancel()
-	if err := c.Heal(hctx); err != nil {
-		lg.Errorf("healing what is left: %v", err)
-		res.Error += "; heal: " + err.Error()
-	}
-	label := fmt.Sprintf("round%d_case%d_%s", round, index, name)
-	dirs, err := c.Archive(hctx, label)
-	res.Archives = dirs
-	if err != nil {
-		lg.Errorf("archive: %v", err)
-		res.Error += "; archive: " + err.Error()
-	}
-	lg.Infof("archived: %v", dirs)
 }

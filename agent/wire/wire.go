@@ -11,7 +11,10 @@
 //	err := c.Call(wire.MethodStart, []string{"--name", "etcd-0"}, &pid)
 package wire
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // ServiceName is the net/rpc service name the agent registers.
 const ServiceName = "Agent"
@@ -98,6 +101,16 @@ const (
 	// MaxFailpointTerm bounds the length of a failpoint term.
 	MaxFailpointTerm = 256
 )
+
+// CheckPort is the one port-range check of the agent's callers: it
+// returns an error naming what (a flag, a field) if p is outside
+// MinPort..MaxPort.
+func CheckPort(what string, p int) error {
+	if p < MinPort || p > MaxPort {
+		return fmt.Errorf("%s: port %d out of range %d..%d", what, p, MinPort, MaxPort)
+	}
+	return nil
+}
 
 // Empty is the argument and reply of methods that carry no data. It is
 // struct{} so that plain net/rpc callers can pass struct{}{}.

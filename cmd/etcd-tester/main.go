@@ -172,7 +172,7 @@ Flags:
 	cfg.Cases = splitList(cases)
 	cfg.Stresser.Names = splitList(stressers)
 	if !set["recovery-timeout"] {
-		cfg.RecoveryTimeout = tester.RecoveryElections * cfg.ElectionTimeout
+		cfg.RecoveryTimeout = cfg.DefaultRecoveryTimeout()
 	}
 	if !set["seed"] {
 		cfg.Seed = time.Now().UnixNano()

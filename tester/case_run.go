@@ -1,0 +1,267 @@
+package tester
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+)
+
+// A case runs as named phases, in this order. Each returns a *PhaseError
+// saying which phase failed and why; the case's error is built once, from
+// those and from the salvage of a failed case.
+const (
+	PhasePrepare     = "prepare"      // healthy cluster, load started and warm
+	PhaseInject      = "inject"       // the case's fault on its targets
+	PhaseHold        = "hold"         // the fault held for -case-delay
+	PhaseRecover     = "recover"      // the fault taken off
+	PhaseWaitHealthy = "wait healthy" // every member healthy, one leader, a write taken
+	PhaseCheck       = "check"        // the registered checkers
+	PhaseMaintain    = "maintain"     // after a round: compaction, defragmentation
+)
+
+// PhaseError is a failed phase of a case (or of a round's maintenance).
+type PhaseError struct {
+	Phase string
+	Err   error
+}
+
+func (e *PhaseError) Error() string { return e.Phase + ": " + e.Err.Error() }
+func (e *PhaseError) Unwrap() error { return e.Err }
+
+// phaseErr wraps a non-nil err as phase's failure.
+func phaseErr(phase string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &PhaseError{phase, err}
+}
+
+// caseRun is one case of one round being played.
+type caseRun struct {
+	t        *tester
+	cs       Case
+	round    int
+	index    int
+	lg       caseLog
+	res      CaseResult
+	stressed bool // the load ran during the case
+}
+
+// runCase plays one case. It always recovers what it injected; a failed
+// case archives every member under the case's label (the caller then
+// bootstraps anew). When ctx ends, it returns at once: finish heals.
+func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseResult {
+	name := cs.Name()
+	r := &caseRun{t: t, cs: cs, round: round, index: index,
+		lg:  caseLog(fmt.Sprintf("[round#%d case#%d %s]", round, index, name)),
+		res: CaseResult{Case: name, Index: index, Targets: []string{}},
+	}
+	t.metrics.setCase(round, index, name)
+	t.cluster.setRand(caseRand(t.s.Seed, round, index))
+
+	err := r.play(ctx)
+	r.res.Passed = err == nil && ctx.Err() == nil
+	if r.res.Passed && r.res.Stress != nil {
+		// The per-second series is for post-mortems; a run of thousands of
+		// cases rewrites its report after each, so passed ones drop it.
+		r.res.Stress.Series, r.res.Stress.SeriesDropped = nil, 0
+	}
+	r.logVerdict()
+	if !r.res.Passed && ctx.Err() == nil {
+		err = errors.Join(err, r.salvage(ctx))
+	}
+	if err != nil {
+		r.res.Error = err.Error()
+	}
+	return r.res
+}
+
+// play runs the phases. Once injection has begun, recovery runs whatever
+// failed before it, unless ctx has ended (finish heals then).
+func (r *caseRun) play(ctx context.Context) error {
+	defer r.pauseStress()
+	if err := r.log(r.prepare(ctx)); err != nil {
+		return err
+	}
+	err := r.log(r.inject(ctx))
+	if err == nil {
+		err = r.log(r.hold(ctx))
+	}
+	if ctx.Err() != nil {
+		return err
+	}
+	if err := errors.Join(err, r.log(r.recover(ctx))); err != nil {
+		return err
+	}
+	r.pauseStress()
+	if err := r.log(r.waitHealthy(ctx)); err != nil {
+		return err
+	}
+	return r.log(r.check(ctx))
+}
+
+func (r *caseRun) log(err error) error {
+	if err != nil {
+		r.lg.Errorf("%v", err)
+	}
+	return err
+}
+
+// prepare waits for a healthy cluster and starts the load. No fault is
+// on: a short -recovery-timeout does not bound this wait.
+func (r *caseRun) prepare(ctx context.Context) error {
+	t := r.t
+	if err := t.cluster.WaitHealthy(ctx, t.s.bootstrapTimeout()); err != nil {
+		return phaseErr(PhasePrepare, fmt.Errorf("before the fault: %w", err))
+	}
+	if !caseStress(r.cs) {
+		return nil
+	}
+	if err := t.startStress(ctx); err != nil {
+		return phaseErr(PhasePrepare, fmt.Errorf("start stress: %w", err))
+	}
+	r.stressed = true
+	if err := sleep(ctx, t.s.StressWarmup); err != nil {
+		return phaseErr(PhasePrepare, fmt.Errorf("stress warm-up: %w", err))
+	}
+	return nil
+}
+
+func (r *caseRun) inject(ctx context.Context) error {
+	c := r.t.cluster
+	r.lg.Infof("inject: %s", r.cs.Describe())
+	r.res.InjectTime = time.Now()
+	err := r.cs.Inject(ctx, c)
+	r.res.Targets = append(r.res.Targets, c.Targets()...)
+	if err != nil {
+		return phaseErr(PhaseInject, err)
+	}
+	r.lg.Infof("injected on %s; holding %v", targetList(r.res.Targets), r.t.s.CaseDelay)
+	return nil
+}
+
+func (r *caseRun) hold(ctx context.Context) error {
+	return phaseErr(PhaseHold, caseHold(ctx, r.cs, r.t.cluster, r.t.s.CaseDelay))
+}
+
+func (r *caseRun) recover(ctx context.Context) error {
+	err := r.cs.Recover(ctx, r.t.cluster)
+	r.res.RecoverTime = time.Now()
+	return phaseErr(PhaseRecover, err)
+}
+
+// pauseStress pauses the load, once, and keeps its figures.
+func (r *caseRun) pauseStress() {
+	if r.stressed && r.res.Stress == nil {
+		st := r.t.stress.Pause()
+		r.res.Stress = &st
+	}
+}
+
+// waitHealthy waits for every member to be healthy under one leader, and
+// measures the time to the first successful put alongside.
+func (r *caseRun) waitHealthy(ctx context.Context) error {
+	c, timeout := r.t.cluster, r.t.s.RecoveryTimeout
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	var written time.Time
+	var writeErr error
+	wg.Go(func() { written, writeErr = c.firstWrite(wctx) })
+	err := c.WaitHealthy(ctx, timeout)
+	if err == nil {
+		r.res.HealthyTime = time.Now()
+		r.res.RecoverySeconds = r.res.HealthyTime.Sub(r.res.RecoverTime).Seconds()
+	} else {
+		cancel() // no point writing to a cluster declared broken
+	}
+	wg.Wait()
+	if err != nil {
+		return phaseErr(PhaseWaitHealthy, fmt.Errorf("after recovery (timeout %v): %w", timeout, err))
+	}
+	if writeErr != nil {
+		return phaseErr(PhaseWaitHealthy, fmt.Errorf("healthy, but no put succeeded within %v: %w", timeout, writeErr))
+	}
+	r.res.FirstWriteSeconds = written.Sub(r.res.RecoverTime).Seconds()
+	r.lg.Infof("healthy after %.2fs, first write after %.2fs", r.res.RecoverySeconds, r.res.FirstWriteSeconds)
+	return nil
+}
+
+// check runs the registered checkers, bounded: the hash checker retries,
+// the lease checker waits for short leases to expire.
+func (r *caseRun) check(ctx context.Context) error {
+	t := r.t
+	cc := CheckContext{
+		Cluster: t.cluster,
+		Config:  t.s.Config,
+		Case:    r.cs,
+		Result:  &r.res,
+		Dir:     caseDir(t.s.ReportDir, r.round, r.index, r.cs.Name()),
+	}
+	if r.stressed {
+		cc.Stresser = t.stress
+	}
+	cctx, cancel := context.WithTimeout(ctx, max(2*t.s.RecoveryTimeout, time.Minute))
+	defer cancel()
+	results, err := runCheckers(cctx, buildCheckers(cc))
+	r.res.Checks = results
+	return phaseErr(PhaseCheck, err)
+}
+
+func (r *caseRun) logVerdict() {
+	res := &r.res
+	stressLine := "no stress"
+	if res.Stress != nil {
+		stressLine = fmt.Sprintf("stress %.0f req/s %d errors", res.Stress.QPS, res.Stress.Failure)
+	}
+	verdict := "PASS"
+	if !res.Passed {
+		verdict = "FAIL"
+	}
+	recovery := fmt.Sprintf("recovery %.2fs", res.RecoverySeconds)
+	if res.HealthyTime.IsZero() {
+		recovery = "not recovered"
+	}
+	r.lg.Infof("%s %s (targets %s) %s", verdict, recovery, targetList(res.Targets), stressLine)
+}
+
+// salvage heals what is left of a failed case's faults and archives every
+// member for the post-mortem.
+func (r *caseRun) salvage(ctx context.Context) error {
+	c := r.t.cluster
+	hctx, cancel := context.WithTimeout(ctx, healTimeout)
+	defer cancel()
+	var errs []error
+	if err := c.Heal(hctx); err != nil {
+		r.lg.Errorf("healing what is left: %v", err)
+		errs = append(errs, fmt.Errorf("heal: %w", err))
+	}
+	dirs, err := c.Archive(hctx, caseLabel(r.round, r.index, r.cs.Name()))
+	r.res.Archives = dirs
+	if err != nil {
+		r.lg.Errorf("archive: %v", err)
+		errs = append(errs, fmt.Errorf("archive: %w", err))
+	}
+	r.lg.Infof("archived: %v", dirs)
+	return errors.Join(errs...)
+}
+
+// caseLog prefixes every line of a case with [round#N case#M NAME].
+type caseLog string
+
+func (l caseLog) Infof(format string, args ...any) {
+	plog.Infof("%s %s", string(l), fmt.Sprintf(format, args...))
+}
+func (l caseLog) Errorf(format string, args ...any) {
+	plog.Errorf("%s %s", string(l), fmt.Sprintf(format, args...))
+}
+
+func targetList(ts []string) string {
+	if len(ts) == 0 {
+		return "none"
+	}
+	return strings.Join(ts, ",")
+}
