@@ -171,6 +171,35 @@ func (f *fakeAgent) RemoveLatency(ctx context.Context) error {
 	return f.do(ctx, "RemoveLatency", func() error { f.st.Latency, f.st.LatencyJitter = 0, 0; return nil })
 }
 
+func (f *fakeAgent) KeepFaults(ctx context.Context, lease time.Duration) (time.Time, error) {
+	var until time.Time
+	err := f.do(ctx, "KeepFaults", func() error {
+		until = time.Now().Add(lease)
+		f.st.FaultLeaseUntil = until
+		return nil
+	})
+	return until, err
+}
+
+// The fake's etcd has no failpoints, as a plain build's.
+var errNoFailpoints = errors.New("etcd built without gofail failpoints")
+
+func (f *fakeAgent) Failpoints(ctx context.Context) ([]wire.Failpoint, error) {
+	return nil, f.do(ctx, "Failpoints", func() error { return errNoFailpoints })
+}
+
+func (f *fakeAgent) ArmFailpoint(ctx context.Context, name, term string) error {
+	return f.do(ctx, "ArmFailpoint", func() error { return errNoFailpoints })
+}
+
+func (f *fakeAgent) DisarmFailpoint(ctx context.Context, name string) error {
+	return f.do(ctx, "DisarmFailpoint", func() error { return errNoFailpoints })
+}
+
+func (f *fakeAgent) FailpointCount(ctx context.Context, name string) (int, error) {
+	return 0, f.do(ctx, "FailpointCount", func() error { return errNoFailpoints })
+}
+
 func (f *fakeAgent) Status(ctx context.Context) (wire.Status, error) {
 	var st wire.Status
 	err := f.do(ctx, "Status", func() error {

@@ -34,8 +34,7 @@ type faultLeaseRenewer struct {
 // if every ≤ 0) for faultLeaseRenewals × every, at once and then until Stop
 // or until ctx ends. Each agent is renewed on its own, with a timeout of
 // `every`, so that an agent that does not answer delays no other's renewal.
-// Agents that cannot renew a lease (an older client) are logged and
-// skipped. A renewer already running is stopped first.
+// A renewer already running is stopped first.
 func (r *faultLeaseRenewer) Start(ctx context.Context, agents []client.Agent, every time.Duration) {
 	r.Stop()
 	if every <= 0 {
@@ -46,12 +45,7 @@ func (r *faultLeaseRenewer) Start(ctx context.Context, agents []client.Agent, ev
 	r.cancel, r.done = cancel, make(chan struct{})
 	var wg sync.WaitGroup
 	for _, a := range agents {
-		k, ok := a.(client.FaultKeeper)
-		if !ok {
-			plog.Warningf("agent %s: its client cannot renew fault leases; its faults end at its default lease", a.Endpoint())
-			continue
-		}
-		wg.Go(func() { renewFaultLease(ctx, a.Endpoint(), k, every, lease) })
+		wg.Go(func() { renewFaultLease(ctx, a.Endpoint(), a, every, lease) })
 	}
 	go func() {
 		wg.Wait()

@@ -71,15 +71,9 @@ func (k *leaseKeeper) waitCalls(t *testing.T, n int, limit time.Duration) {
 	}
 }
 
-// notKeeper is an agent whose client cannot renew leases.
-type notKeeper struct{ client.Agent }
-
-func (notKeeper) Endpoint() string { return "old:1" }
-
 // TestFaultLeaseRenewer: every agent is renewed at once and then every
 // interval, for faultLeaseRenewals intervals; an agent that hangs holds up
-// no other and its calls end at the interval; one that cannot renew is
-// skipped; after Stop nothing is in flight and nothing more is sent.
+// no other and its calls end at the interval; after Stop nothing is in flight and nothing more is sent.
 func TestFaultLeaseRenewer(t *testing.T) {
 	const every = 50 * time.Millisecond
 	good, other := newLeaseKeeper("good:1", false), newLeaseKeeper("other:1", false)
@@ -87,7 +81,7 @@ func TestFaultLeaseRenewer(t *testing.T) {
 	var r faultLeaseRenewer
 	r.Stop() // before Start: nothing to do
 	start := time.Now()
-	r.Start(context.Background(), []client.Agent{good, hung, notKeeper{}, other}, every)
+	r.Start(context.Background(), []client.Agent{good, hung, other}, every)
 	// Each hung call lasts one interval, and the good agents' renewals
 	// go on at their own pace meanwhile.
 	good.waitCalls(t, 6, 5*time.Second)

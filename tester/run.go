@@ -122,6 +122,12 @@ func (t *tester) run(ctx context.Context) (err error) {
 	defer c.Close()
 	t.cluster = c
 	t.metrics.setCluster(c)
+	// The faults this run injects last while it lives and renews them;
+	// should it die, the agents heal them within a lease. Renewal goes on
+	// through the healing after an interrupt, until Run returns.
+	var leases faultLeaseRenewer
+	leases.Start(context.WithoutCancel(ctx), agents, max(s.CaseDelay, time.Second))
+	defer leases.Stop()
 
 	if err := t.setup(ctx); err != nil {
 		t.report.Error = err.Error()

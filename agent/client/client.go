@@ -41,17 +41,14 @@ type Agent interface {
 	SetLatency(ctx context.Context, latency, jitter time.Duration) error
 	RemoveLatency(ctx context.Context) error
 	Status(ctx context.Context) (wire.Status, error)
+	FaultKeeper
+	Failpointer
 	Close() error
 }
 
 // FaultKeeper renews an agent's fault lease (wire.MethodKeepFaults): the
 // faults it has injected last until lease from now, then the agent heals
-// them on its own. It returns when the lease ends. Every Agent that New
-// returns is a FaultKeeper.
-//
-// It is an interface of its own, not a method of Agent, so that the fakes
-// of Agent in other packages' tests need not change at once; it will join
-// Agent.
+// them on its own. It returns when the lease ends.
 type FaultKeeper interface {
 	KeepFaults(ctx context.Context, lease time.Duration) (until time.Time, err error)
 }

@@ -8,10 +8,8 @@ import (
 
 // Failpointer is the failpoint part of an agent's client: gofail
 // failpoints of an etcd built with them (`make build FAILPOINTS=1`;
-// wire.Status.Failpoints says whether the agent's etcd has them). The Agent
-// that New returns implements it:
-//
-//	fp, ok := a.(client.Failpointer)
+// wire.Status.Failpoints says whether the agent's etcd has them). It is
+// part of Agent.
 //
 // A failpoint armed in one etcd process is gone once it exits; a restarted
 // etcd starts with every failpoint disarmed.
