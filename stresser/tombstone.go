@@ -23,6 +23,11 @@ type Tombstone struct {
 	Truth history.WatchTruth
 }
 
+// TombstoneKey is a key for CompactAtTombstone that no stresser writes
+// ("-" sorts before every digit, so no range of the key stresser holds it),
+// inside DefaultWatchConfig's prefix.
+const TombstoneKey = keyPrefix + "00-tombstone"
+
 // tombstoneTimeout bounds CompactAtTombstone when ctx has no deadline.
 const tombstoneTimeout = 30 * time.Second
 

@@ -28,7 +28,7 @@ func TestWatchTombstoneCompaction(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	ts, err := CompactAtTombstone(ctx, cli, "/stresser/tombstone/0")
+	ts, err := CompactAtTombstone(ctx, cli, TombstoneKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestWatchersUnderLoadAndKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts, err := CompactAtTombstone(ctx, pinned, "/stresser/tombstone/0")
+	ts, err := CompactAtTombstone(ctx, pinned, TombstoneKey)
 	pinned.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +89,8 @@ func TestWatchersUnderLoadAndKill(t *testing.T) {
 	}
 	wcfg := DefaultWatchConfig()
 	wcfg.Endpoints = c.ClientURLs()
+	// Half of the test load's 2000 keys: enough events to matter.
+	wcfg.Prefix = keyPrefix + "0"
 	wcfg.CompactRevision = ts.Revision
 	wcfg.FutureRevisions = 200
 	w, err := StartWatchers(ctx, wcfg)

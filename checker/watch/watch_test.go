@@ -48,7 +48,9 @@ func bookmark(rev int64) history.WatchResponse {
 	return history.WatchResponse{Revision: rev, ProgressNotify: true}
 }
 
-func created(rev int64) history.WatchResponse { return history.WatchResponse{Revision: rev, Created: true} }
+func created(rev int64) history.WatchResponse {
+	return history.WatchResponse{Revision: rev, Created: true}
+}
 
 // prefixStream is a correct watch of the prefix from revision 2 with PrevKV.
 func prefixStream() history.WatchStream {
