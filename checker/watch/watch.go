@@ -24,6 +24,7 @@ package watch
 
 import (
 	"fmt"
+	"iter"
 	"slices"
 	"time"
 
@@ -109,13 +110,19 @@ func Check(streams []history.WatchStream, truths ...history.WatchTruth) Result {
 
 // flatEvent is an event with the index of the response it came in.
 type flatEvent struct {
-	history.WatchEvent
+	*history.WatchEvent
 	resp int
+}
+
+type keyRev struct {
+	key string
+	rev int64
 }
 
 type streamCheck struct {
 	s        *history.WatchStream
 	events   []flatEvent
+	seen     map[keyRev]int // response of each event
 	created  int64 // header revision of the Created response, 0 if none
 	lastSeen int64 // highest revision of an event or a bookmark
 	errs     []string
@@ -132,7 +139,8 @@ func newStreamCheck(s *history.WatchStream) *streamCheck {
 		if r.ProgressNotify {
 			c.lastSeen = max(c.lastSeen, r.Revision)
 		}
-		for _, e := range r.Events {
+		for j := range r.Events {
+			e := &r.Events[j]
 			c.events = append(c.events, flatEvent{e, i})
 			c.lastSeen = max(c.lastSeen, e.ModRevision)
 		}
@@ -175,11 +183,7 @@ func describe(r history.WatchRequest) string {
 
 // checkOwn applies the rules that need nothing but the stream itself.
 func (c *streamCheck) checkOwn() {
-	type keyRev struct {
-		key string
-		rev int64
-	}
-	seen := map[keyRev]int{}
+	c.seen = make(map[keyRev]int, len(c.events))
 	var prev *flatEvent
 	var bookmark int64 // highest progress notification so far
 	lastRespRev, lastResp := int64(0), -1
@@ -209,10 +213,10 @@ func (c *streamCheck) checkOwn() {
 		}
 		prev = e
 		k := keyRev{e.Key, e.ModRevision}
-		if j, dup := seen[k]; dup {
+		if j, dup := c.seen[k]; dup {
 			c.failf("unique", "%v twice (responses %d and %d)", e.WatchEvent, j, e.resp)
 		}
-		seen[k] = e.resp
+		c.seen[k] = e.resp
 		if !c.s.Request.Matches(e.Key) {
 			c.failf("filter", "%v is not a watched key", e.WatchEvent)
 		}
@@ -249,12 +253,7 @@ func (c *streamCheck) checkTruth(t *truthIndex) {
 		c.unknown("starts at revision %d, before the ground truth (%d..%d)", from, t.From, t.To)
 		return
 	}
-	got := map[string]map[int64]bool{}
 	for _, e := range c.events {
-		if got[e.Key] == nil {
-			got[e.Key] = map[int64]bool{}
-		}
-		got[e.Key][e.ModRevision] = true
 		c.checkEvent(t, e)
 	}
 
@@ -280,20 +279,22 @@ func (c *streamCheck) checkTruth(t *truthIndex) {
 	// reliable: every event of the truth from the start up to the last
 	// revision the stream saw (event or bookmark) is in the stream.
 	to := min(c.lastSeen, t.To)
-	var missing []history.WatchEvent
-	for _, e := range t.eventsIn(from, to, c.s.Request) {
-		if !got[e.Key][e.ModRevision] {
-			missing = append(missing, e)
+	var missing []history.WatchEvent // the first few
+	n := 0
+	for e := range t.eventsIn(from, to, c.s.Request) {
+		if _, ok := c.seen[keyRev{e.Key, e.ModRevision}]; !ok {
+			if n++; n <= maxPerRule {
+				missing = append(missing, *e)
+			}
 		}
 	}
-	if len(missing) > 0 {
-		shown := missing[:min(len(missing), maxPerRule)]
+	if n > 0 {
 		more := ""
-		if len(missing) > len(shown) {
-			more = fmt.Sprintf(" and %d more", len(missing)-len(shown))
+		if n > len(missing) {
+			more = fmt.Sprintf(" and %d more", n-len(missing))
 		}
 		c.failf("reliable", "%d events missing between revisions %d and %d (the last it saw): %v%s",
-			len(missing), from, to, shown, more)
+			n, from, to, missing, more)
 	}
 }
 
@@ -303,7 +304,7 @@ func (c *streamCheck) checkEvent(t *truthIndex, e flatEvent) {
 		return // outside what the truth knows
 	}
 	evs := t.byKey[e.Key]
-	i, found := slices.BinarySearchFunc(evs, e.ModRevision, func(x history.WatchEvent, rev int64) int {
+	i, found := slices.BinarySearchFunc(evs, e.ModRevision, func(x *history.WatchEvent, rev int64) int {
 		return cmpInt(x.ModRevision, rev)
 	})
 	if !found {
@@ -312,7 +313,7 @@ func (c *streamCheck) checkEvent(t *truthIndex, e flatEvent) {
 	}
 	want := evs[i]
 	if want.Type != e.Type || want.Value != e.Value || want.CreateRevision != e.CreateRevision || want.Version != e.Version {
-		c.failf("truth", "%v differs from the ground truth: got %s, want %s", e.WatchEvent, content(e.WatchEvent), content(want))
+		c.failf("truth", "%v differs from the ground truth: got %s, want %s", e.WatchEvent, content(*e.WatchEvent), content(*want))
 	}
 	// The key's state before the event: the truth's previous event of the
 	// key, or the PrevKV of the truth's first one.
@@ -381,13 +382,14 @@ func cmpInt(a, b int64) int {
 // truthIndex is a truth sorted for lookups by key and by revision.
 type truthIndex struct {
 	*history.WatchTruth
-	byKey map[string][]history.WatchEvent // each in revision order
+	byKey map[string][]*history.WatchEvent // each in revision order
 }
 
 func newTruthIndex(t *history.WatchTruth) (*truthIndex, error) {
-	ti := &truthIndex{WatchTruth: t, byKey: map[string][]history.WatchEvent{}}
+	ti := &truthIndex{WatchTruth: t, byKey: map[string][]*history.WatchEvent{}}
 	var last int64
-	for _, e := range t.Events {
+	for i := range t.Events {
+		e := &t.Events[i]
 		if e.ModRevision < last {
 			return nil, fmt.Errorf("not in revision order: %v after revision %d", e, last)
 		}
@@ -417,16 +419,16 @@ func (t *truthIndex) firstFrom(rev int64, r history.WatchRequest) (history.Watch
 	return history.WatchEvent{}, false
 }
 
-// eventsIn returns the events in revisions from..to that r watches.
-func (t *truthIndex) eventsIn(from, to int64, r history.WatchRequest) []history.WatchEvent {
-	i, _ := slices.BinarySearchFunc(t.Events, from, func(x history.WatchEvent, rev int64) int {
-		return cmpInt(x.ModRevision, rev)
-	})
-	var out []history.WatchEvent
-	for ; i < len(t.Events) && t.Events[i].ModRevision <= to; i++ {
-		if r.Matches(t.Events[i].Key) {
-			out = append(out, t.Events[i])
+// eventsIn yields the events in revisions from..to that r watches.
+func (t *truthIndex) eventsIn(from, to int64, r history.WatchRequest) iter.Seq[*history.WatchEvent] {
+	return func(yield func(*history.WatchEvent) bool) {
+		i, _ := slices.BinarySearchFunc(t.Events, from, func(x history.WatchEvent, rev int64) int {
+			return cmpInt(x.ModRevision, rev)
+		})
+		for ; i < len(t.Events) && t.Events[i].ModRevision <= to; i++ {
+			if r.Matches(t.Events[i].Key) && !yield(&t.Events[i]) {
+				return
+			}
 		}
 	}
-	return out
 }
