@@ -109,7 +109,7 @@ func CompactAtTombstone(ctx context.Context, cli *clientv3.Client, key string) (
 	passed := func(r history.WatchResponse) bool {
 		return (r.ProgressNotify && r.Revision >= last) || (len(r.Events) > 0 && r.Events[len(r.Events)-1].ModRevision >= last)
 	}
-	end := record(ctx, cli, &ts.Stream, 100*time.Millisecond, 100, passed)
+	end := streamRecorder{interval: 100 * time.Millisecond, maxEvents: 100, stop: passed}.record(ctx, cli, &ts.Stream)
 	switch {
 	case end != "":
 		return fail("watch from revision %d: %s", ts.Revision, end)

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unique"
 
@@ -111,6 +113,7 @@ type Watchers struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	first  int64
+	specs  []*watcherSpec
 
 	mu      sync.Mutex
 	streams []*history.WatchStream // each written only by its watcher goroutine until Collect
@@ -123,6 +126,7 @@ type watcherSpec struct {
 	cli    *clientv3.Client
 	rev    int64
 	prevKV bool
+	seen   atomic.Int64 // highest revision any of its streams has seen
 }
 
 // StartWatchers connects and starts the watchers; it returns once they are
@@ -149,25 +153,29 @@ func StartWatchers(ctx context.Context, cfg WatchConfig) (*Watchers, error) {
 	}
 	cur := resp.Header.Revision
 	past := max(cur-cfg.PastRevisions, cfg.CompactRevision, 1)
-	var specs []watcherSpec
+	var specs []*watcherSpec
 	for i, ep := range cfg.Endpoints {
 		cli := cs.perEndpoint[i]
 		specs = append(specs,
-			watcherSpec{id: fmt.Sprintf("m%d/current", i), member: ep, cli: cli},
-			watcherSpec{id: fmt.Sprintf("m%d/past", i), member: ep, cli: cli, rev: past, prevKV: true})
+			&watcherSpec{id: fmt.Sprintf("m%d/current", i), member: ep, cli: cli},
+			&watcherSpec{id: fmt.Sprintf("m%d/past", i), member: ep, cli: cli, rev: past, prevKV: true})
 	}
 	specs = append(specs,
-		watcherSpec{id: "cluster/current", member: history.MemberCluster, cli: cs.all, prevKV: true},
-		watcherSpec{id: "cluster/past", member: history.MemberCluster, cli: cs.all, rev: past, prevKV: true},
-		watcherSpec{id: "cluster/future", member: history.MemberCluster, cli: cs.all, rev: cur + max(cfg.FutureRevisions, 1), prevKV: true})
+		&watcherSpec{id: "cluster/current", member: history.MemberCluster, cli: cs.all, prevKV: true},
+		&watcherSpec{id: "cluster/past", member: history.MemberCluster, cli: cs.all, rev: past, prevKV: true},
+		&watcherSpec{id: "cluster/future", member: history.MemberCluster, cli: cs.all, rev: cur + max(cfg.FutureRevisions, 1), prevKV: true})
 	first := past
 	if cfg.CompactRevision > 0 {
-		specs = append(specs, watcherSpec{id: "cluster/compacted", member: history.MemberCluster, cli: cs.all, rev: cfg.CompactRevision, prevKV: true})
+		specs = append(specs, &watcherSpec{id: "cluster/compacted", member: history.MemberCluster, cli: cs.all, rev: cfg.CompactRevision, prevKV: true})
 		first = min(first, cfg.CompactRevision)
 	}
 	wctx, wcancel := context.WithCancel(ctx)
-	w := &Watchers{cfg: cfg, conns: cs, cancel: wcancel, first: first}
+	w := &Watchers{cfg: cfg, conns: cs, cancel: wcancel, first: first, specs: specs}
 	for _, sp := range specs {
+		// Nothing before its start revision is a watcher's to see (and a
+		// watcher of the future gets no progress notification until the
+		// cluster reaches its start).
+		sp.seen.Store(max(sp.rev-1, 0))
 		w.wg.Go(func() { w.run(wctx, sp) })
 	}
 	return w, nil
@@ -176,6 +184,32 @@ func StartWatchers(ctx context.Context, cfg WatchConfig) (*Watchers, error) {
 // FirstRevision is the lowest revision any stream may start from: the
 // ground truth must be watched from it (or earlier).
 func (w *Watchers) FirstRevision() int64 { return w.first }
+
+// WaitCaughtUp waits until every watcher has seen revision rev, in an event
+// or a progress notification, so that streams collected next cover
+// everything up to rev. Call it after the fault has healed, with the
+// current revision. It returns an error naming the watchers that have not
+// caught up when ctx ends.
+func (w *Watchers) WaitCaughtUp(ctx context.Context, rev int64) error {
+	tick := time.NewTicker(w.cfg.ProgressInterval / 2)
+	defer tick.Stop()
+	for {
+		var behind []string
+		for _, sp := range w.specs {
+			if seen := sp.seen.Load(); seen < rev {
+				behind = append(behind, fmt.Sprintf("%s at %d", sp.id, seen))
+			}
+		}
+		if len(behind) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stresser: watchers behind revision %d: %s: %w", rev, strings.Join(behind, ", "), ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
 
 // Collect stops every watcher, closes the clients and returns the streams
 // in watcher order. Every goroutine of w has ended when it returns; a
@@ -204,7 +238,7 @@ func (w *Watchers) Collect() []history.WatchStream {
 // run keeps one watcher recording: a stream that ends before ctx does is
 // followed by a new one from the current revision, at most MaxRestarts
 // times.
-func (w *Watchers) run(ctx context.Context, sp watcherSpec) {
+func (w *Watchers) run(ctx context.Context, sp *watcherSpec) {
 	rev := sp.rev
 	for n := 0; n <= w.cfg.MaxRestarts; n++ {
 		req := history.WatchRequest{
@@ -215,7 +249,7 @@ func (w *Watchers) run(ctx context.Context, sp watcherSpec) {
 		w.mu.Lock()
 		w.streams = append(w.streams, s)
 		w.mu.Unlock()
-		s.End = record(ctx, sp.cli, s, w.cfg.ProgressInterval, w.cfg.MaxEvents, nil)
+		s.End = streamRecorder{interval: w.cfg.ProgressInterval, maxEvents: w.cfg.MaxEvents, seen: &sp.seen}.record(ctx, sp.cli, s)
 		if ctx.Err() != nil {
 			s.End = ""
 			return
@@ -233,13 +267,25 @@ func (w *Watchers) run(ctx context.Context, sp watcherSpec) {
 	}
 }
 
+// streamRecorder records one watch stream.
+type streamRecorder struct {
+	// interval is how often to ask for a progress notification.
+	interval time.Duration
+	// maxEvents caps the events kept.
+	maxEvents int
+	// stop, if set, is asked after every kept response whether the
+	// stream has told enough; it makes recording all or nothing.
+	stop func(history.WatchResponse) bool
+	// seen, if set, is raised to every revision the stream has seen
+	// (events and progress notifications, kept or not).
+	seen *atomic.Int64
+}
+
 // record opens s.Request on cli and appends what arrives to s until the
-// stream ends or ctx is done, asking for progress every interval. It keeps
-// at most maxEvents events. done, if not nil, is asked after every
-// response whether to stop. It returns why the stream ended by itself, or
-// "" when ctx ended it.
-func record(ctx context.Context, cli *clientv3.Client, s *history.WatchStream, interval time.Duration, maxEvents int,
-	done func(history.WatchResponse) bool) string {
+// stream ends, stop says so, or ctx is done. It returns why the stream
+// ended by itself, or "" when ctx or stop ended it.
+func (sr streamRecorder) record(ctx context.Context, cli *clientv3.Client, s *history.WatchStream) string {
+	interval, maxEvents, done := sr.interval, sr.maxEvents, sr.stop
 	// Metadata unique to the stream gives it a gRPC stream of its own, so
 	// RequestProgress reaches it alone and one watcher's trouble stays its
 	// own.
@@ -278,6 +324,16 @@ func record(ctx context.Context, cli *clientv3.Client, s *history.WatchStream, i
 	})
 	n, full := 0, false
 	for resp := range wch {
+		if sr.seen != nil {
+			rev := int64(0)
+			if resp.IsProgressNotify() {
+				rev = resp.Header.Revision
+			} else if k := len(resp.Events); k > 0 {
+				rev = resp.Events[k-1].Kv.ModRevision
+			}
+			for cur := sr.seen.Load(); rev > cur && !sr.seen.CompareAndSwap(cur, rev); cur = sr.seen.Load() {
+			}
+		}
 		if !full && n+len(resp.Events) > maxEvents {
 			// Stop at a response boundary, which is a revision
 			// boundary: what is kept is a whole prefix of the stream.
@@ -384,7 +440,7 @@ func WatchTruth(ctx context.Context, cli *clientv3.Client, prefix string, from, 
 	}
 	// The progress requests end the watch once it has caught up with to
 	// even when no event of the prefix is at to.
-	end := record(ctx, cli, s, 100*time.Millisecond, maxEvents, reached)
+	end := streamRecorder{interval: 100 * time.Millisecond, maxEvents: maxEvents, stop: reached}.record(ctx, cli, s)
 	switch {
 	case s.Dropped > 0:
 		return t, fmt.Errorf("stresser: ground truth: more than %d events in revisions %d..%d", maxEvents, from, to)

@@ -3,6 +3,7 @@ package stresser
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
@@ -109,6 +110,9 @@ func TestWatchersUnderLoadAndKill(t *testing.T) {
 	waitRevision(t, ctx, cli, start+1500)
 	load.Close()
 
+	if err := w.WaitCaughtUp(ctx, revision(t, cli)); err != nil {
+		t.Fatal(err)
+	}
 	streams := w.Collect()
 	truth, err := WatchTruth(ctx, cli, wcfg.Prefix, w.FirstRevision(), 0, 1_000_000)
 	if err != nil {
@@ -161,6 +165,55 @@ func heapOf(drop func()) int64 {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	return int64(before.HeapAlloc) - int64(after.HeapAlloc)
+}
+
+// TestWatchersCapEvents keeps at most MaxEvents per stream, at a response
+// boundary, counts the rest as dropped, and what it kept still checks.
+func TestWatchersCapEvents(t *testing.T) {
+	c := etcdtest.StartCluster(t, 1)
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := DefaultWatchConfig()
+	cfg.Endpoints = c.ClientURLs()
+	cfg.Prefix = "/cap/"
+	cfg.MaxEvents = 20
+	cfg.FutureRevisions = 1
+	w, err := StartWatchers(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Collect()
+	// 20 revisions of 3 events each.
+	var last int64
+	for i := range 20 {
+		resp, err := cli.Txn(ctx).Then(
+			clientv3.OpPut("/cap/a", fmt.Sprint(i)), clientv3.OpPut("/cap/b", fmt.Sprint(i)), clientv3.OpPut("/cap/c", fmt.Sprint(i)),
+		).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp.Header.Revision
+	}
+	if err := w.WaitCaughtUp(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	streams := w.Collect()
+	for _, s := range streams {
+		if n := s.Events(); n > cfg.MaxEvents || n%3 != 0 || s.Dropped == 0 {
+			t.Errorf("%s: kept %d events (cap %d), dropped %d: want at most the cap, whole revisions, some dropped", s.Watcher, n, cfg.MaxEvents, s.Dropped)
+		}
+	}
+	truth, err := WatchTruth(ctx, cli, cfg.Prefix, w.FirstRevision(), 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := watch.Check(streams, truth); res.Verdict != watch.Pass || res.Dropped == 0 {
+		t.Fatalf("capped streams: %s, %d dropped: %s", res.Verdict, res.Dropped, strings.Join(res.Errors, "\n"))
+	}
+	if _, err := WatchTruth(ctx, cli, cfg.Prefix, w.FirstRevision(), 0, 10); err == nil || !strings.Contains(err.Error(), "more than 10 events") {
+		t.Fatalf("a truth over its cap: %v, want an error", err)
+	}
 }
 
 // waitRevision waits until the cluster's revision reaches rev.
