@@ -123,8 +123,8 @@ type streamCheck struct {
 	s        *history.WatchStream
 	events   []flatEvent
 	seen     map[keyRev]int // response of each event
-	created  int64 // header revision of the Created response, 0 if none
-	lastSeen int64 // highest revision of an event or a bookmark
+	created  int64          // header revision of the Created response, 0 if none
+	lastSeen int64          // highest revision of an event or a bookmark
 	errs     []string
 	unknowns []string
 	count    map[string]int // messages per rule
