@@ -1,7 +1,9 @@
 package history
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -151,4 +153,32 @@ func (t WatchTruth) Covers(r WatchRequest) bool {
 		return false
 	}
 	return r.RangeEnd <= t.RangeEnd
+}
+
+// WithWrites returns t with the events of writes that t lacks, for keys t
+// holds and revisions up to t.To, in revision order. A watch cannot tell
+// the truth about a revision that the watch itself gets wrong (etcd #18089
+// lost the delete at the compaction revision for every watch from there,
+// the ground-truth watch too); writes the client recorded can.
+func (t WatchTruth) WithWrites(writes []WatchEvent) WatchTruth {
+	type keyRev struct {
+		key string
+		rev int64
+	}
+	have := make(map[keyRev]bool, len(t.Events))
+	for _, e := range t.Events {
+		have[keyRev{e.Key, e.ModRevision}] = true
+	}
+	events := slices.Clone(t.Events)
+	for _, w := range writes {
+		if w.ModRevision > t.To || !inRange(t.Key, t.RangeEnd, w.Key) || have[keyRev{w.Key, w.ModRevision}] {
+			continue
+		}
+		have[keyRev{w.Key, w.ModRevision}] = true
+		events = append(events, w)
+	}
+	// Stable: events of one revision keep their order.
+	slices.SortStableFunc(events, func(a, b WatchEvent) int { return cmp.Compare(a.ModRevision, b.ModRevision) })
+	t.Events = events
+	return t
 }

@@ -19,7 +19,9 @@ type Tombstone struct {
 	// Stream is the watch on Key from Revision.
 	Stream history.WatchStream
 	// Truth is what CompactAtTombstone wrote to Key, the ground truth for
-	// Stream, provided nobody else writes Key.
+	// Stream, provided nobody else writes Key. Add its events to the next
+	// case's ground truth (WatchTruth.WithWrites): a watch from Revision,
+	// the ground-truth watch too, is what etcd #18089 got wrong.
 	Truth history.WatchTruth
 }
 
@@ -54,8 +56,11 @@ func CompactAtTombstone(ctx context.Context, cli *clientv3.Client, key string) (
 	fail := func(format string, args ...any) (Tombstone, error) {
 		return ts, fmt.Errorf("stresser: compact at a tombstone of %q: "+format, append([]any{key}, args...)...)
 	}
+	// Each write carries the key's state before it, as a watch with
+	// PrevKV would, so the writes can join a truth that has PrevKV.
 	var written []history.WatchEvent
 	var create, version int64
+	var prev *history.KeyValue
 	for i := range 3 {
 		value := fmt.Sprintf("tombstone-%d-%d", time.Now().UnixNano(), i)
 		resp, err := cli.Put(ctx, key, value, clientv3.WithPrevKV())
@@ -67,12 +72,16 @@ func CompactAtTombstone(ctx context.Context, cli *clientv3.Client, key string) (
 		case i > 0:
 			version++
 		case resp.PrevKv != nil:
-			create, version = resp.PrevKv.CreateRevision, resp.PrevKv.Version+1
+			p := resp.PrevKv
+			prev = &history.KeyValue{Value: recordedValue(p.Value), ModRevision: p.ModRevision, CreateRevision: p.CreateRevision, Version: p.Version}
+			create, version = p.CreateRevision, p.Version+1
 		default:
 			create, version = rev, 1
 		}
-		written = append(written, history.WatchEvent{Type: history.Put, Key: key, Value: recordedValue([]byte(value)),
-			ModRevision: rev, CreateRevision: create, Version: version})
+		e := history.WatchEvent{Type: history.Put, Key: key, Value: recordedValue([]byte(value)),
+			ModRevision: rev, CreateRevision: create, Version: version, PrevKV: prev}
+		written = append(written, e)
+		prev = &history.KeyValue{Value: e.Value, ModRevision: rev, CreateRevision: create, Version: version}
 	}
 	del, err := cli.Delete(ctx, key)
 	if err != nil {
@@ -82,7 +91,7 @@ func CompactAtTombstone(ctx context.Context, cli *clientv3.Client, key string) (
 		return fail("delete at revision %d deleted %d keys, want 1: is someone else writing it?", del.Header.Revision, del.Deleted)
 	}
 	ts.Revision = del.Header.Revision
-	written = append(written, history.WatchEvent{Type: history.Delete, Key: key, ModRevision: ts.Revision})
+	written = append(written, history.WatchEvent{Type: history.Delete, Key: key, ModRevision: ts.Revision, PrevKV: prev})
 	value := fmt.Sprintf("tombstone-%d-after", time.Now().UnixNano())
 	put, err := cli.Put(ctx, key, value)
 	if err != nil {
@@ -94,7 +103,7 @@ func CompactAtTombstone(ctx context.Context, cli *clientv3.Client, key string) (
 	if _, err := cli.Compact(ctx, ts.Revision, clientv3.WithCompactPhysical()); err != nil {
 		return fail("compact at the delete's revision %d: %w", ts.Revision, err)
 	}
-	ts.Truth = history.WatchTruth{Key: key, From: ts.Revision, To: last, Events: written}
+	ts.Truth = history.WatchTruth{Key: key, From: ts.Revision, To: last, Events: written, PrevKV: true}
 
 	member := history.MemberCluster
 	if eps := cli.Endpoints(); len(eps) == 1 {
