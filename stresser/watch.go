@@ -106,7 +106,25 @@ func (c WatchConfig) Validate() error {
 }
 
 // Watchers records watch streams on every member and across the cluster
-// until Collect.
+// until Collect. A case uses them like this (errors handled, elided):
+//
+//	wcfg := stresser.DefaultWatchConfig()
+//	wcfg.Endpoints = endpoints
+//	wcfg.CompactRevision = lastCompaction // 0 if none yet
+//	w, _ := stresser.StartWatchers(ctx, wcfg) // before the fault
+//	// ... inject, recover, wait until healthy ...
+//	_ = w.WaitCaughtUp(ctx, currentRevision) // bounded by ctx
+//	streams := w.Collect()
+//	truth, _ := stresser.WatchTruth(ctx, cli, wcfg.Prefix, w.FirstRevision(), 0, maxEvents)
+//	truth = truth.WithWrites(lastTombstone.Truth.Events) // if it compacted on one
+//	res := watch.Check(streams, truth) // save streams and truth on fail
+//	// Then compact, now and then on a tombstone:
+//	ts, _ := stresser.CompactAtTombstone(ctx, pinnedCli, stresser.TombstoneKey)
+//	tres := watch.Check([]history.WatchStream{ts.Stream}, ts.Truth)
+//	lastCompaction, lastTombstone = ts.Revision, ts
+//
+// The ground truth must be watched before anything compacts past
+// FirstRevision.
 type Watchers struct {
 	cfg    WatchConfig
 	conns  *conns
