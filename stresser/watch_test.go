@@ -108,7 +108,9 @@ func TestWatchersUnderLoadAndKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRevision(t, ctx, cli, start+1500)
-	load.Close()
+	st := load.Close()
+	t.Logf("load beside the watchers: %d requests in %v (%.0f/s of %d asked), %d failed, p99 %v",
+		st.Success, st.Duration.Round(time.Millisecond), float64(st.Success)/st.Duration.Seconds(), testConfig(nil).QPS, st.Failure, st.Latency.P99)
 
 	if err := w.WaitCaughtUp(ctx, revision(t, cli)); err != nil {
 		t.Fatal(err)
