@@ -209,7 +209,7 @@ func (w *Watchers) FirstRevision() int64 { return w.first }
 // current revision. It returns an error naming the watchers that have not
 // caught up when ctx ends.
 func (w *Watchers) WaitCaughtUp(ctx context.Context, rev int64) error {
-	tick := time.NewTicker(w.cfg.ProgressInterval / 2)
+	tick := time.NewTicker(max(w.cfg.ProgressInterval/2, time.Millisecond))
 	defer tick.Stop()
 	for {
 		var behind []string
