@@ -7,9 +7,9 @@ import (
 	"time"
 )
 
-// MemberCluster is WatchStream.Member for a watcher whose client balances
+// WatchMemberCluster is WatchStream.Member for a watcher whose client balances
 // over every member and reconnects to another when one fails.
-const MemberCluster = "cluster"
+const WatchMemberCluster = "cluster"
 
 // WatchStream is what one watcher saw: its request and every response, in
 // the order they arrived. A watcher that ends (canceled by a compaction, say)
@@ -18,7 +18,7 @@ type WatchStream struct {
 	// Watcher names the watcher, unique within a case, e.g. "m0/past#1".
 	Watcher string `json:"watcher"`
 	// Member is the endpoint the watcher's client is pinned to, or
-	// MemberCluster.
+	// WatchMemberCluster.
 	Member    string          `json:"member"`
 	Request   WatchRequest    `json:"request"`
 	Responses []WatchResponse `json:"responses"`
@@ -54,9 +54,9 @@ type WatchRequest struct {
 }
 
 // Matches reports whether key is in the request's key range.
-func (r WatchRequest) Matches(key string) bool { return inRange(r.Key, r.RangeEnd, key) }
+func (r WatchRequest) Matches(key string) bool { return watchInRange(r.Key, r.RangeEnd, key) }
 
-func inRange(from, end, key string) bool {
+func watchInRange(from, end, key string) bool {
 	switch end {
 	case "":
 		return key == from
@@ -83,40 +83,40 @@ type WatchResponse struct {
 	Events          []WatchEvent `json:"events,omitempty"`
 }
 
-// EventType is what an event did to its key.
-type EventType string
+// WatchEventType is what an event did to its key.
+type WatchEventType string
 
 const (
-	Put    EventType = "put"
-	Delete EventType = "delete"
+	WatchPut    WatchEventType = "put"
+	WatchDelete WatchEventType = "delete"
 )
 
 // WatchEvent is one event as a watcher received it. For a delete, Value,
 // CreateRevision and Version are zero, as etcd sends them.
 type WatchEvent struct {
-	Type EventType `json:"type"`
-	Key  string    `json:"key"`
+	Type WatchEventType `json:"type"`
+	Key  string         `json:"key"`
 	// Value is the value, or for a long one a digest (see the recorder's
 	// documentation): recordings stay small and compare equal all the same.
-	Value          string    `json:"value,omitempty"`
-	ModRevision    int64     `json:"mod_revision"`
-	CreateRevision int64     `json:"create_revision,omitempty"`
-	Version        int64     `json:"version,omitempty"`
-	PrevKV         *KeyValue `json:"prev_kv,omitempty"`
+	Value          string         `json:"value,omitempty"`
+	ModRevision    int64          `json:"mod_revision"`
+	CreateRevision int64          `json:"create_revision,omitempty"`
+	Version        int64          `json:"version,omitempty"`
+	PrevKV         *WatchKeyValue `json:"prev_kv,omitempty"`
 }
 
 // IsCreate reports whether the event created its key, as clientv3 decides
 // it: a put whose create revision is its mod revision.
 func (e WatchEvent) IsCreate() bool {
-	return e.Type == Put && e.CreateRevision == e.ModRevision
+	return e.Type == WatchPut && e.CreateRevision == e.ModRevision
 }
 
 func (e WatchEvent) String() string {
 	return fmt.Sprintf("%s %q@%d", e.Type, e.Key, e.ModRevision)
 }
 
-// KeyValue is the state of a key, as in an event's PrevKV.
-type KeyValue struct {
+// WatchKeyValue is the state of a key, as in an event's PrevKV.
+type WatchKeyValue struct {
 	Value          string `json:"value,omitempty"`
 	ModRevision    int64  `json:"mod_revision"`
 	CreateRevision int64  `json:"create_revision"`
@@ -143,7 +143,7 @@ type WatchTruth struct {
 // Covers reports whether t holds every key of r.
 func (t WatchTruth) Covers(r WatchRequest) bool {
 	switch {
-	case !inRange(t.Key, t.RangeEnd, r.Key):
+	case !watchInRange(t.Key, t.RangeEnd, r.Key):
 		return false
 	case r.RangeEnd == "":
 		return true
@@ -171,7 +171,7 @@ func (t WatchTruth) WithWrites(writes []WatchEvent) WatchTruth {
 	}
 	events := slices.Clone(t.Events)
 	for _, w := range writes {
-		if w.ModRevision > t.To || !inRange(t.Key, t.RangeEnd, w.Key) || have[keyRev{w.Key, w.ModRevision}] {
+		if w.ModRevision > t.To || !watchInRange(t.Key, t.RangeEnd, w.Key) || have[keyRev{w.Key, w.ModRevision}] {
 			continue
 		}
 		have[keyRev{w.Key, w.ModRevision}] = true

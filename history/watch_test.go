@@ -40,14 +40,14 @@ func TestWatchRequestRanges(t *testing.T) {
 
 func TestWatchTruthWithWrites(t *testing.T) {
 	tr := WatchTruth{Key: "/a/", RangeEnd: "/a0", From: 5, To: 9, Events: []WatchEvent{
-		{Type: Put, Key: "/a/x", ModRevision: 6}, {Type: Put, Key: "/a/y", ModRevision: 8},
+		{Type: WatchPut, Key: "/a/x", ModRevision: 6}, {Type: WatchPut, Key: "/a/y", ModRevision: 8},
 	}}
 	got := tr.WithWrites([]WatchEvent{
-		{Type: Delete, Key: "/a/x", ModRevision: 5}, // lost by the watch
-		{Type: Put, Key: "/a/x", ModRevision: 6},    // already there
-		{Type: Put, Key: "/b", ModRevision: 7},      // not its keys
-		{Type: Put, Key: "/a/z", ModRevision: 10},   // after To
-		{Type: Put, Key: "/a/x", ModRevision: 3},    // before From: state only
+		{Type: WatchDelete, Key: "/a/x", ModRevision: 5}, // lost by the watch
+		{Type: WatchPut, Key: "/a/x", ModRevision: 6},    // already there
+		{Type: WatchPut, Key: "/b", ModRevision: 7},      // not its keys
+		{Type: WatchPut, Key: "/a/z", ModRevision: 10},   // after To
+		{Type: WatchPut, Key: "/a/x", ModRevision: 3},    // before From: state only
 	})
 	var revs []int64
 	for _, e := range got.Events {

@@ -60,7 +60,7 @@ func CompactAtTombstone(ctx context.Context, cli *clientv3.Client, key string) (
 	// PrevKV would, so the writes can join a truth that has PrevKV.
 	var written []history.WatchEvent
 	var create, version int64
-	var prev *history.KeyValue
+	var prev *history.WatchKeyValue
 	for i := range 3 {
 		value := fmt.Sprintf("tombstone-%d-%d", time.Now().UnixNano(), i)
 		resp, err := cli.Put(ctx, key, value, clientv3.WithPrevKV())
@@ -73,15 +73,15 @@ func CompactAtTombstone(ctx context.Context, cli *clientv3.Client, key string) (
 			version++
 		case resp.PrevKv != nil:
 			p := resp.PrevKv
-			prev = &history.KeyValue{Value: recordedValue(p.Value), ModRevision: p.ModRevision, CreateRevision: p.CreateRevision, Version: p.Version}
+			prev = &history.WatchKeyValue{Value: recordedValue(p.Value), ModRevision: p.ModRevision, CreateRevision: p.CreateRevision, Version: p.Version}
 			create, version = p.CreateRevision, p.Version+1
 		default:
 			create, version = rev, 1
 		}
-		e := history.WatchEvent{Type: history.Put, Key: key, Value: recordedValue([]byte(value)),
+		e := history.WatchEvent{Type: history.WatchPut, Key: key, Value: recordedValue([]byte(value)),
 			ModRevision: rev, CreateRevision: create, Version: version, PrevKV: prev}
 		written = append(written, e)
-		prev = &history.KeyValue{Value: e.Value, ModRevision: rev, CreateRevision: create, Version: version}
+		prev = &history.WatchKeyValue{Value: e.Value, ModRevision: rev, CreateRevision: create, Version: version}
 	}
 	del, err := cli.Delete(ctx, key)
 	if err != nil {
@@ -91,21 +91,21 @@ func CompactAtTombstone(ctx context.Context, cli *clientv3.Client, key string) (
 		return fail("delete at revision %d deleted %d keys, want 1: is someone else writing it?", del.Header.Revision, del.Deleted)
 	}
 	ts.Revision = del.Header.Revision
-	written = append(written, history.WatchEvent{Type: history.Delete, Key: key, ModRevision: ts.Revision, PrevKV: prev})
+	written = append(written, history.WatchEvent{Type: history.WatchDelete, Key: key, ModRevision: ts.Revision, PrevKV: prev})
 	value := fmt.Sprintf("tombstone-%d-after", time.Now().UnixNano())
 	put, err := cli.Put(ctx, key, value)
 	if err != nil {
 		return fail("put after the delete at %d: %w", ts.Revision, err)
 	}
 	last := put.Header.Revision
-	written = append(written, history.WatchEvent{Type: history.Put, Key: key, Value: recordedValue([]byte(value)),
+	written = append(written, history.WatchEvent{Type: history.WatchPut, Key: key, Value: recordedValue([]byte(value)),
 		ModRevision: last, CreateRevision: last, Version: 1})
 	if _, err := cli.Compact(ctx, ts.Revision, clientv3.WithCompactPhysical()); err != nil {
 		return fail("compact at the delete's revision %d: %w", ts.Revision, err)
 	}
 	ts.Truth = history.WatchTruth{Key: key, From: ts.Revision, To: last, Events: written, PrevKV: true}
 
-	member := history.MemberCluster
+	member := history.WatchMemberCluster
 	if eps := cli.Endpoints(); len(eps) == 1 {
 		member = eps[0]
 	}

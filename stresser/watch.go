@@ -179,12 +179,12 @@ func StartWatchers(ctx context.Context, cfg WatchConfig) (*Watchers, error) {
 			&watcherSpec{id: fmt.Sprintf("m%d/past", i), member: ep, cli: cli, rev: past, prevKV: true})
 	}
 	specs = append(specs,
-		&watcherSpec{id: "cluster/current", member: history.MemberCluster, cli: cs.all, prevKV: true},
-		&watcherSpec{id: "cluster/past", member: history.MemberCluster, cli: cs.all, rev: past, prevKV: true},
-		&watcherSpec{id: "cluster/future", member: history.MemberCluster, cli: cs.all, rev: cur + max(cfg.FutureRevisions, 1), prevKV: true})
+		&watcherSpec{id: "cluster/current", member: history.WatchMemberCluster, cli: cs.all, prevKV: true},
+		&watcherSpec{id: "cluster/past", member: history.WatchMemberCluster, cli: cs.all, rev: past, prevKV: true},
+		&watcherSpec{id: "cluster/future", member: history.WatchMemberCluster, cli: cs.all, rev: cur + max(cfg.FutureRevisions, 1), prevKV: true})
 	first := past
 	if cfg.CompactRevision > 0 {
-		specs = append(specs, &watcherSpec{id: "cluster/compacted", member: history.MemberCluster, cli: cs.all, rev: cfg.CompactRevision, prevKV: true})
+		specs = append(specs, &watcherSpec{id: "cluster/compacted", member: history.WatchMemberCluster, cli: cs.all, rev: cfg.CompactRevision, prevKV: true})
 		first = min(first, cfg.CompactRevision)
 	}
 	wctx, wcancel := context.WithCancel(ctx)
@@ -407,14 +407,14 @@ func toEvent(ev *clientv3.Event) history.WatchEvent {
 	// Every stream sees the same keys and, mostly, the same values:
 	// canonical strings keep one copy of each (unique drops those no
 	// recording uses any more).
-	e := history.WatchEvent{Type: history.Put, Key: unique.Make(string(ev.Kv.Key)).Value()}
+	e := history.WatchEvent{Type: history.WatchPut, Key: unique.Make(string(ev.Kv.Key)).Value()}
 	if ev.Type == mvccpb.DELETE {
-		e.Type = history.Delete
+		e.Type = history.WatchDelete
 	}
 	e.Value = recordedValue(ev.Kv.Value)
 	e.ModRevision, e.CreateRevision, e.Version = ev.Kv.ModRevision, ev.Kv.CreateRevision, ev.Kv.Version
 	if p := ev.PrevKv; p != nil {
-		e.PrevKV = &history.KeyValue{Value: recordedValue(p.Value), ModRevision: p.ModRevision, CreateRevision: p.CreateRevision, Version: p.Version}
+		e.PrevKV = &history.WatchKeyValue{Value: recordedValue(p.Value), ModRevision: p.ModRevision, CreateRevision: p.CreateRevision, Version: p.Version}
 	}
 	return e
 }
@@ -451,7 +451,7 @@ func WatchTruth(ctx context.Context, cli *clientv3.Client, prefix string, from, 
 	if to < from {
 		return t, fmt.Errorf("stresser: ground truth: revisions %d..%d: empty range", from, to)
 	}
-	s := &history.WatchStream{Watcher: "truth", Member: history.MemberCluster,
+	s := &history.WatchStream{Watcher: "truth", Member: history.WatchMemberCluster,
 		Request: history.WatchRequest{Key: t.Key, RangeEnd: t.RangeEnd, Revision: from, PrevKV: true}}
 	reached := func(r history.WatchResponse) bool {
 		return (r.ProgressNotify && r.Revision >= to) || (len(r.Events) > 0 && r.Events[len(r.Events)-1].ModRevision >= to)

@@ -53,7 +53,7 @@ func TestWatchTombstoneCompaction(t *testing.T) {
 			break
 		}
 	}
-	if first == nil || first.Type != history.Delete || first.ModRevision != ts.Revision {
+	if first == nil || first.Type != history.WatchDelete || first.ModRevision != ts.Revision {
 		t.Fatalf("watch from %d starts with %v, want the delete at %d", ts.Revision, first, ts.Revision)
 	}
 }

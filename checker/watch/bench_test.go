@@ -43,7 +43,7 @@ func synth(n, keys, streams int) ([]history.WatchStream, history.WatchTruth) {
 	truth := history.WatchTruth{Key: prefix, RangeEnd: prefixEnd, From: 2, To: evs[len(evs)-1].ModRevision, Events: evs}
 	var out []history.WatchStream
 	for i := range streams {
-		s := history.WatchStream{Watcher: fmt.Sprintf("w%d", i), Member: history.MemberCluster,
+		s := history.WatchStream{Watcher: fmt.Sprintf("w%d", i), Member: history.WatchMemberCluster,
 			Request: history.WatchRequest{Key: prefix, RangeEnd: prefixEnd, Revision: 2, ProgressNotify: true}}
 		for j := 0; j < len(evs); {
 			k := j + 1

@@ -220,7 +220,7 @@ func (c *streamCheck) checkOwn() {
 		if !c.s.Request.Matches(e.Key) {
 			c.failf("filter", "%v is not a watched key", e.WatchEvent)
 		}
-		if e.Type == history.Put && (e.CreateRevision == e.ModRevision) != (e.Version == 1) {
+		if e.Type == history.WatchPut && (e.CreateRevision == e.ModRevision) != (e.Version == 1) {
 			c.failf("iscreate", "%v has create revision %d and version %d: a create has version 1 and only a create has",
 				e.WatchEvent, e.CreateRevision, e.Version)
 		}
@@ -317,12 +317,12 @@ func (c *streamCheck) checkEvent(t *truthIndex, e flatEvent) {
 	}
 	// The key's state before the event: the truth's previous event of the
 	// key, or the PrevKV of the truth's first one.
-	var prev *history.KeyValue
+	var prev *history.WatchKeyValue
 	prevKnown := true
 	switch {
 	case i > 0:
-		if p := evs[i-1]; p.Type == history.Put {
-			prev = &history.KeyValue{Value: p.Value, ModRevision: p.ModRevision, CreateRevision: p.CreateRevision, Version: p.Version}
+		if p := evs[i-1]; p.Type == history.WatchPut {
+			prev = &history.WatchKeyValue{Value: p.Value, ModRevision: p.ModRevision, CreateRevision: p.CreateRevision, Version: p.Version}
 		}
 	case t.PrevKV && (want.PrevKV != nil || want.ModRevision > t.From):
 		// A truth watched from a compaction revision gets no PrevKV
@@ -334,7 +334,7 @@ func (c *streamCheck) checkEvent(t *truthIndex, e flatEvent) {
 	if !prevKnown {
 		return
 	}
-	if e.Type == history.Put && e.IsCreate() != (prev == nil) {
+	if e.Type == history.WatchPut && e.IsCreate() != (prev == nil) {
 		if prev == nil {
 			c.failf("iscreate", "%v is not a create (create revision %d) but the key did not exist before", e.WatchEvent, e.CreateRevision)
 		} else {
@@ -362,7 +362,7 @@ func content(e history.WatchEvent) string {
 	return fmt.Sprintf("%s value %q create %d version %d", e.Type, e.Value, e.CreateRevision, e.Version)
 }
 
-func kvString(kv *history.KeyValue) string {
+func kvString(kv *history.WatchKeyValue) string {
 	if kv == nil {
 		return "none"
 	}

@@ -11,15 +11,15 @@ import (
 const prefix, prefixEnd = "/k/", "/k0"
 
 func put(key, value string, rev, create, version int64) history.WatchEvent {
-	return history.WatchEvent{Type: history.Put, Key: key, Value: value, ModRevision: rev, CreateRevision: create, Version: version}
+	return history.WatchEvent{Type: history.WatchPut, Key: key, Value: value, ModRevision: rev, CreateRevision: create, Version: version}
 }
 
 func del(key string, rev int64) history.WatchEvent {
-	return history.WatchEvent{Type: history.Delete, Key: key, ModRevision: rev}
+	return history.WatchEvent{Type: history.WatchDelete, Key: key, ModRevision: rev}
 }
 
 func withPrev(e history.WatchEvent, p history.WatchEvent) history.WatchEvent {
-	e.PrevKV = &history.KeyValue{Value: p.Value, ModRevision: p.ModRevision, CreateRevision: p.CreateRevision, Version: p.Version}
+	e.PrevKV = &history.WatchKeyValue{Value: p.Value, ModRevision: p.ModRevision, CreateRevision: p.CreateRevision, Version: p.Version}
 	return e
 }
 
@@ -55,7 +55,7 @@ func created(rev int64) history.WatchResponse {
 // prefixStream is a correct watch of the prefix from revision 2 with PrevKV.
 func prefixStream() history.WatchStream {
 	return history.WatchStream{
-		Watcher: "cluster/past", Member: history.MemberCluster,
+		Watcher: "cluster/past", Member: history.WatchMemberCluster,
 		Request: history.WatchRequest{Key: prefix, RangeEnd: prefixEnd, Revision: 2, ProgressNotify: true, PrevKV: true},
 		Responses: []history.WatchResponse{
 			created(7),
