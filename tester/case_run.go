@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/etcd-functional/functional/stresser"
 )
 
 // A case runs as named phases, in this order. Each returns a *PhaseError
@@ -19,7 +21,7 @@ const (
 	PhaseRecover     = "recover"      // the fault taken off
 	PhaseWaitHealthy = "wait healthy" // every member healthy, one leader, a write taken
 	PhaseCheck       = "check"        // the registered checkers
-	PhaseMaintain    = "maintain"     // after a round: compaction, defragmentation
+	PhaseMaintain    = "maintain"     // compaction after a case, defragmentation after a round
 )
 
 // PhaseError is a failed phase of a case (or of a round's maintenance).
@@ -47,7 +49,8 @@ type caseRun struct {
 	index    int
 	lg       caseLog
 	res      CaseResult
-	stressed bool // the load ran during the case
+	stressed bool               // the load ran during the case
+	watchers *stresser.Watchers // the case's recorded watches; nil if none
 }
 
 // runCase plays one case. It always recovers what it injected; a failed
@@ -63,6 +66,9 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 	t.cluster.setRand(caseRand(t.s.Seed, round, index))
 
 	err := r.play(ctx)
+	if r.watchers != nil {
+		r.watchers.Collect() // stops them, if the check did not get to
+	}
 	r.res.Passed = err == nil && ctx.Err() == nil
 	if r.res.Passed && r.res.Stress != nil {
 		// The per-second series is for post-mortems; a run of thousands of
@@ -100,7 +106,10 @@ func (r *caseRun) play(ctx context.Context) error {
 	if err := r.log(r.waitHealthy(ctx)); err != nil {
 		return err
 	}
-	return r.log(r.check(ctx))
+	if err := r.log(r.check(ctx)); err != nil {
+		return err
+	}
+	return r.log(r.maintain(ctx))
 }
 
 func (r *caseRun) log(err error) error {
@@ -124,6 +133,11 @@ func (r *caseRun) prepare(ctx context.Context) error {
 		return phaseErr(PhasePrepare, fmt.Errorf("start stress: %w", err))
 	}
 	r.stressed = true
+	w, err := t.startWatchers(ctx)
+	if err != nil {
+		return phaseErr(PhasePrepare, fmt.Errorf("start watchers: %w", err))
+	}
+	r.watchers = w
 	if err := sleep(ctx, t.s.StressWarmup); err != nil {
 		return phaseErr(PhasePrepare, fmt.Errorf("stress warm-up: %w", err))
 	}
@@ -204,11 +218,40 @@ func (r *caseRun) check(ctx context.Context) error {
 	if r.stressed {
 		cc.Stresser = t.stress
 	}
+	cc.Watchers, cc.tombstone = r.watchers, t.compaction.tombstone
 	cctx, cancel := context.WithTimeout(ctx, max(2*t.s.RecoveryTimeout, time.Minute))
 	defer cancel()
-	results, err := runCheckers(cctx, buildCheckers(cc))
+	results, err := runCheckers(cctx, buildCheckers(cc), t.s.AllowUnknown)
 	r.res.Checks = results
 	return phaseErr(PhaseCheck, err)
+}
+
+// maintain compacts the cluster after a passed case, so that the load's
+// reads of the past meet compacted revisions in every round, and verifies
+// the compaction. The first case of a round compacts on purpose at a
+// delete (see Cluster.CompactAtTombstone); the others keep compactKeep
+// revisions.
+func (r *caseRun) maintain(ctx context.Context) error {
+	t := r.t
+	var rev int64
+	var ts *stresser.Tombstone
+	var err error
+	if r.index == 1 {
+		ts, err = t.cluster.CompactAtTombstone(ctx)
+		if ts != nil {
+			rev = ts.Revision
+		}
+	} else {
+		rev, err = t.cluster.Compact(ctx, compactKeep)
+	}
+	if rev > t.compaction.revision {
+		t.compaction = compaction{revision: rev, tombstone: ts}
+	}
+	r.res.CompactRevision = t.compaction.revision
+	if err != nil {
+		return phaseErr(PhaseMaintain, err)
+	}
+	return nil
 }
 
 func (r *caseRun) logVerdict() {

@@ -14,8 +14,9 @@ import (
 
 // Checker verifies, after a fault has healed and the load is paused, that
 // the cluster is still right. The error names what is wrong; an error
-// wrapping ErrCheckUnknown says the checker could not decide (the case
-// does not fail for it, the report says unknown).
+// wrapping ErrCheckUnknown says the checker could not decide: the report
+// says unknown, and the case fails all the same (a check that could not
+// decide has not passed) unless Config.AllowUnknown says otherwise.
 type Checker interface {
 	Check(ctx context.Context) error
 }
@@ -41,9 +42,14 @@ type CheckContext struct {
 	// Stresser is the load of the case, paused; nil if the case ran
 	// without load.
 	Stresser *stresser.Composite
+	// Watchers are the watches the case recorded, still running; nil
+	// if it recorded none (no load, or -watch-check=false).
+	Watchers *stresser.Watchers
 	// Dir is the case's own directory under the report directory, for
 	// files a checker writes; it is created by MkDir.
 	Dir string
+
+	tombstone *stresser.Tombstone // the last compaction, if on a tombstone
 
 	figures map[string]float64
 	files   []string
@@ -81,6 +87,7 @@ var (
 		{"hash", newHashCheck},
 		{"stresser", newStresserCheck},
 		{"stress budget", newStressBudgetCheck},
+		{"watch", newWatchCheck},
 	}
 )
 
@@ -136,8 +143,8 @@ func buildCheckers(cc CheckContext) []namedChecker {
 
 // runCheckers runs every checker, also after one has failed, and returns
 // each one's result and the failures joined, each prefixed with its
-// checker's name. An unknown verdict is reported, not failed.
-func runCheckers(ctx context.Context, cks []namedChecker) ([]CheckResult, error) {
+// checker's name. An unknown verdict fails too, unless allowUnknown.
+func runCheckers(ctx context.Context, cks []namedChecker, allowUnknown bool) ([]CheckResult, error) {
 	var errs []error
 	results := make([]CheckResult, 0, len(cks))
 	for _, c := range cks {
@@ -146,6 +153,9 @@ func runCheckers(ctx context.Context, cks []namedChecker) ([]CheckResult, error)
 		switch {
 		case errors.Is(err, ErrCheckUnknown):
 			r.Verdict, r.Error = VerdictUnknown, err.Error()
+			if !allowUnknown {
+				errs = append(errs, fmt.Errorf("%s check could not decide (-allow-unknown to pass such cases): %w", c.name, err))
+			}
 		case err != nil:
 			r.Verdict, r.Error = VerdictFail, err.Error()
 			errs = append(errs, fmt.Errorf("%s check: %w", c.name, err))

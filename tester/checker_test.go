@@ -179,12 +179,17 @@ func TestCheckersRunAllAndName(t *testing.T) {
 		{"history", checkFunc(func(context.Context) error { ran++; return fmt.Errorf("search cut short: %w", ErrCheckUnknown) }), unknown},
 		{"stress budget", checkFunc(func(context.Context) error { ran++; return errors.New("over") }), nil},
 	}
-	res, err := runCheckers(context.Background(), cks)
+	res, err := runCheckers(context.Background(), cks, true)
 	if ran != 4 || err == nil || !strings.Contains(err.Error(), "hash check: differ") || !strings.Contains(err.Error(), "stress budget check: over") {
 		t.Errorf("ran %d, err %v", ran, err)
 	}
 	if strings.Contains(err.Error(), "history") {
-		t.Errorf("an unknown verdict failed the case: %v", err)
+		t.Errorf("an unknown verdict failed the case with -allow-unknown: %v", err)
+	}
+	// Without -allow-unknown, a checker that could not decide fails the
+	// case: nothing was proven.
+	if _, err := runCheckers(context.Background(), cks[2:3], false); err == nil || !strings.Contains(err.Error(), "history check could not decide") {
+		t.Errorf("an unknown verdict without -allow-unknown: %v, want the case failed", err)
 	}
 	var verdicts []string
 	for _, r := range res {
@@ -224,7 +229,7 @@ func TestRegisterChecker(t *testing.T) {
 	if len(cks) != 1 || cks[0].name != "test only" || got == nil || got.Result != res || got.Dir != "d" {
 		t.Fatalf("built %v for a case without load or hash check", cks)
 	}
-	out, err := runCheckers(context.Background(), cks)
+	out, err := runCheckers(context.Background(), cks, false)
 	if err != nil || len(out) != 1 || out[0].Figures["seen"] != 1 {
 		t.Errorf("results %+v, %v", out, err)
 	}

@@ -44,6 +44,15 @@ type Config struct {
 	// ConsistencyCheck compares every member's revision and KV hash
 	// after each case.
 	ConsistencyCheck bool
+	// WatchCheck records watches on every member and cluster-wide while
+	// each case with load runs, and checks them against the ground truth
+	// after recovery (ordered, unique, atomic, bookmarkable, reliable,
+	// resumable, PrevKV and IsCreate right).
+	WatchCheck bool
+	// AllowUnknown passes a case whose checker could not reach a verdict
+	// (a history too long to search in time); by default such a case
+	// fails, as nothing was proven.
+	AllowUnknown bool
 	// ExitOnFailure ends the run at the first failed case.
 	ExitOnFailure bool
 
@@ -106,6 +115,7 @@ func DefaultConfig() Config {
 		Limit:                  1,
 		Stresser:               stresser.DefaultConfig(),
 		ConsistencyCheck:       true,
+		WatchCheck:             true,
 		HeartbeatInterval:      100 * time.Millisecond,
 		ElectionTimeout:        time.Second,
 		CaseDelay:              3 * time.Second,

@@ -63,6 +63,9 @@ type CaseResult struct {
 	// from RecoverTime to the first put that succeeded.
 	RecoverySeconds   float64 `json:"recovery_seconds"`
 	FirstWriteSeconds float64 `json:"first_write_seconds"`
+	// CompactRevision is where the cluster stood compacted after the
+	// case (each passed case compacts); 0 if it never was.
+	CompactRevision int64 `json:"compact_revision,omitempty"`
 	// Stress is the load of the case, from start (or resume) to the
 	// pause after recovery; nil for cases run without load. Its
 	// per-second series is kept for failed cases only.

@@ -80,6 +80,16 @@ type tester struct {
 	stress    *stresser.Composite // the load on the current bootstrap
 	stressing bool                // Stress has been called on it
 	seedBoot  int64               // bootstraps so far, to vary the load's seed
+
+	compaction compaction // the last compaction of the current bootstrap
+}
+
+// compaction is where the cluster was last compacted: the next case's
+// watchers start one watch there, and when it was on a tombstone, what
+// that wrote joins the next ground truth.
+type compaction struct {
+	revision  int64
+	tombstone *stresser.Tombstone
 }
 
 func (t *tester) run(ctx context.Context) (err error) {
@@ -268,24 +278,19 @@ rounds:
 	return t.finish(ctx, runErr, failed)
 }
 
-// maintain compacts (and verifies the compaction) after a round and, every
-// DefragInterval rounds, defragments.
+// maintain defragments after every DefragInterval rounds and after the
+// last round, so that a run of any length defragments at least once. (Each
+// passed case compacts; see caseRun.maintain.)
 func (t *tester) maintain(ctx context.Context, rr *RoundResult) error {
 	c := t.cluster
-	// No fault was just recovered: a short -recovery-timeout does not
-	// bound this wait (nor the one before a fault).
-	if err := c.WaitHealthy(ctx, t.s.bootstrapTimeout()); err != nil {
-		return fmt.Errorf("before compaction: %w", err)
-	}
-	rev, err := c.Compact(ctx, compactKeep)
-	rr.CompactRevision = rev
-	if err != nil {
-		return err
-	}
-	if rev > 0 {
-		plog.Infof("[round#%d] compacted at revision %d", rr.Round, rev)
-	}
-	if t.s.DefragInterval > 0 && rr.Round%t.s.DefragInterval == 0 {
+	rr.CompactRevision = t.compaction.revision
+	last := t.s.Limit >= 0 && rr.Round == t.s.Limit
+	if t.s.DefragInterval > 0 && (rr.Round%t.s.DefragInterval == 0 || last) {
+		// No fault was just recovered: a short -recovery-timeout does
+		// not bound this wait (nor the one before a fault).
+		if err := c.WaitHealthy(ctx, t.s.bootstrapTimeout()); err != nil {
+			return fmt.Errorf("before defragmentation: %w", err)
+		}
 		if err := c.Defragment(ctx); err != nil {
 			return err
 		}
@@ -309,6 +314,7 @@ func (t *tester) rebootstrap(ctx context.Context) error {
 	if err := t.cluster.Bootstrap(ctx); err != nil {
 		return fmt.Errorf("re-bootstrap: %w", err)
 	}
+	t.compaction = compaction{}
 	return t.newStress()
 }
 

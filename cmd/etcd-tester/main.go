@@ -130,6 +130,8 @@ Flags:
 	fs.IntVar(&cfg.Stresser.KeySuffixRange, "stress-key-suffix-range", def.Stresser.KeySuffixRange, "number of distinct keys the key stresser writes")
 	fs.IntVar(&cfg.Stresser.KeyTxnOps, "stress-key-txn-ops", def.Stresser.KeyTxnOps, "puts/deletes per transaction (0: no transactions; at most 128)")
 	fs.BoolVar(&cfg.ConsistencyCheck, "consistency-check", def.ConsistencyCheck, "after each case, check that every member has the same revision and KV hash")
+	fs.BoolVar(&cfg.AllowUnknown, "allow-unknown", def.AllowUnknown, "pass a case whose checker could not reach a verdict (by default it fails: nothing was proven)")
+	fs.BoolVar(&cfg.WatchCheck, "watch-check", def.WatchCheck, "record watches on every member during each case with load and check them against the ground truth after recovery")
 	fs.BoolVar(&cfg.ExitOnFailure, "exit-on-failure", def.ExitOnFailure, "stop at the first failed case (its members stay archived)")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", def.HeartbeatInterval, "etcd --heartbeat-interval")
 	fs.DurationVar(&cfg.ElectionTimeout, "election-timeout", def.ElectionTimeout, "etcd --election-timeout")
