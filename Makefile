@@ -1,13 +1,18 @@
 # The two commands a user needs: `make run` (a real local cluster through the
 # whole suite) and `make test` (every test). Everything else is a step of
-# those. ETCD=/path/to/etcd uses your own etcd binary instead of building one.
+# those. ETCD_VERSION=v3.6.16 builds and tests that etcd release instead of
+# the newest; ETCD=/path/to/etcd uses your own etcd binary instead of
+# building one.
 
 GO        ?= go
 ETCD      ?=
+# The etcd release to build from the Go module proxy: any vX.Y.Z with a
+# module file under tools/etcd/versions/ (make etcd-pin makes one).
+ETCD_VERSION ?= v3.7.3
 BIN       := bin
 GOFLAGS_STATIC := CGO_ENABLED=0
 
-.PHONY: build etcd agent tester localrun run test unit fuzz e2e docker-e2e check-clean clean vet
+.PHONY: build etcd etcd-pin agent tester localrun run test unit fuzz e2e docker-e2e check-clean clean vet
 
 build: etcd agent tester localrun
 
@@ -53,16 +58,37 @@ check-clean:
 	@! pgrep -a -f '^$(CURDIR)/$(BIN)/etcd' || { echo "leftover etcd or agent processes"; exit 1; }
 	@echo "check-clean: nothing left behind"
 
-# bin/etcd is the real etcd at the release pinned in tools/etcd/go.mod, or a
-# copy of $(ETCD).
-etcd: $(BIN)/etcd
-$(BIN)/etcd: tools/etcd/go.mod tools/etcd/main.go
+# bin/etcd is the binary everything runs (agents, tests, the docker image):
+# a symlink to bin/etcd-$(ETCD_VERSION), or a copy of $(ETCD). Each release
+# is built once into its own bin/etcd-vX.Y.Z and kept, so switching back and
+# forth costs nothing. The build is the wrapper module tools/etcd (etcd's
+# server module cannot be `go install`ed) with the release's own module file
+# tools/etcd/versions/$(ETCD_VERSION).mod and .sum: every dependency pinned,
+# raised where an old release's pins no longer build with this Go.
+ETCD_MODFILE := tools/etcd/versions/$(ETCD_VERSION).mod
+etcd: $(if $(ETCD),,$(BIN)/etcd-$(ETCD_VERSION))
 	@mkdir -p $(BIN)
 ifneq ($(ETCD),)
-	cp "$(ETCD)" $@
+	rm -f $(BIN)/etcd
+	cp "$(ETCD)" $(BIN)/etcd
 else
-	cd tools/etcd && $(GOFLAGS_STATIC) $(GO) build -o ../../$@ .
+	ln -sfn etcd-$(ETCD_VERSION) $(BIN)/etcd
 endif
+
+$(BIN)/etcd-%: tools/etcd/versions/%.mod tools/etcd/versions/%.sum tools/etcd/main.go
+	@mkdir -p $(BIN)
+	cd tools/etcd && $(GOFLAGS_STATIC) $(GO) build -modfile=versions/$*.mod -o ../../$@.tmp .
+	mv $@.tmp $@
+
+# A release without a module file yet: resolve it from the proxy once
+# (make etcd-pin ETCD_VERSION=v3.5.20), check that it builds, commit the two
+# files. Never edits etcd itself.
+etcd-pin:
+	tools/etcd/pin.sh $(ETCD_VERSION)
+
+tools/etcd/versions/%.mod tools/etcd/versions/%.sum:
+	@echo "no module file for etcd $* (tools/etcd/versions/$*.mod); pin it with: make etcd-pin ETCD_VERSION=$*" >&2
+	@exit 1
 
 agent:
 	@mkdir -p $(BIN)
