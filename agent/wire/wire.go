@@ -91,6 +91,14 @@ type Status struct {
 	// Adopted is true when the process was started by an earlier agent
 	// process that died; this agent found it from its records.
 	Adopted bool
+
+	// EtcdVersion is the release of the agent's etcd binary as
+	// `etcd --version` printed it when the agent started ("3.5.15"; parse
+	// it with ParseEtcdVersion), so that the caller can pass only flags
+	// that release knows. Empty if it could not be learned; then
+	// EtcdVersionError says why.
+	EtcdVersion      string
+	EtcdVersionError string
 }
 
 // Archive is the reply of RPCArchive.
