@@ -94,6 +94,7 @@ func TestPastReadTxnDivergence(t *testing.T) {
 		// revisions 239/233/242, three hashes), though #18667 is filed
 		// against v3.6.
 		{"v3.5.15", true},
+		{"v3.6.8", true},
 		{"v3.6.16", true},
 		{"v3.7.3", false},
 	} {
