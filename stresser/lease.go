@@ -123,10 +123,12 @@ func (s *leaseStresser) round(ctx context.Context, cli *clientv3.Client, rng *ra
 		s.mu.Lock()
 		l := s.alive[id]
 		s.mu.Unlock()
-		// A fault that kept every keepalive out for a whole TTL may
-		// rightly have let the lease expire.
+		// A fault that kept every keepalive out for nearly a whole TTL
+		// may rightly have let the lease expire (see lostEarly); an
+		// earlier loss is etcd's fault, an unexpected error.
 		var sent time.Time
-		err := s.call(ctx, "lease-keepalive", l.overdue(), func(rctx context.Context) error {
+		mayBeGone := func() bool { return !s.lostEarly(l, sent.Sub(l.renewed)) }
+		err := s.call(ctx, "lease-keepalive", mayBeGone, func(rctx context.Context) error {
 			sent = time.Now()
 			_, err := cli.KeepAliveOnce(rctx, id)
 			return err
@@ -145,10 +147,8 @@ func (s *leaseStresser) round(ctx context.Context, cli *clientv3.Client, rng *ra
 			// next Check says so.
 			s.mu.Lock()
 			delete(s.alive, id)
-			if since := sent.Sub(l.renewed); s.lostEarly(l, since) {
-				if len(s.lost) < maxTracked {
-					s.lost = append(s.lost, lostLease{id: id, ttl: l.ttl, renewed: since})
-				}
+			if !mayBeGone() && len(s.lost) < maxTracked {
+				s.lost = append(s.lost, lostLease{id: id, ttl: l.ttl, renewed: sent.Sub(l.renewed)})
 			}
 			s.mu.Unlock()
 		}
@@ -174,7 +174,7 @@ func (s *leaseStresser) round(ctx context.Context, cli *clientv3.Client, rng *ra
 	}
 	if ids := s.aliveIDs(); len(ids) > 0 && rng.IntN(2) == 0 {
 		id := ids[rng.IntN(len(ids))]
-		err := s.call(ctx, "lease-revoke", false, func(rctx context.Context) error {
+		err := s.call(ctx, "lease-revoke", nil, func(rctx context.Context) error {
 			_, err := cli.Revoke(rctx, id)
 			return err
 		})
@@ -214,7 +214,7 @@ func (s *leaseStresser) track(list []*leaseRecord, l *leaseRecord) []*leaseRecor
 // returns nil if the grant failed; keys whose put failed are left out.
 func (s *leaseStresser) grantWithKeys(ctx context.Context, cli *clientv3.Client, ttl time.Duration, short bool) *leaseRecord {
 	var resp *clientv3.LeaseGrantResponse
-	err := s.call(ctx, "lease-grant", false, func(rctx context.Context) error {
+	err := s.call(ctx, "lease-grant", nil, func(rctx context.Context) error {
 		var err error
 		resp, err = cli.Grant(rctx, int64(ttl/time.Second))
 		return err
@@ -227,7 +227,7 @@ func (s *leaseStresser) grantWithKeys(ctx context.Context, cli *clientv3.Client,
 	prefix := leaseKeyPrefix(resp.ID)
 	for i := 0; i < s.cfg.KeysPerLease && ctx.Err() == nil; i++ {
 		k := fmt.Sprintf("%s%d", prefix, i)
-		err := s.call(ctx, "lease-put", short, func(rctx context.Context) error {
+		err := s.call(ctx, "lease-put", func() bool { return short }, func(rctx context.Context) error {
 			_, err := cli.Put(rctx, k, "lease", clientv3.WithLease(resp.ID))
 			return err
 		})
@@ -240,8 +240,10 @@ func (s *leaseStresser) grantWithKeys(ctx context.Context, cli *clientv3.Client,
 }
 
 // call waits for the limiter, runs one request with the request timeout
-// and records it. It returns the request's error, or ctx's if it never ran.
-func (s *leaseStresser) call(ctx context.Context, op string, mayBeGone bool, f func(context.Context) error) error {
+// and records it. mayBeGone, if not nil, says once the request is done
+// whether the lease may rightly be gone (ErrLeaseNotFound then counts as
+// expected). It returns the request's error, or ctx's if it never ran.
+func (s *leaseStresser) call(ctx context.Context, op string, mayBeGone func() bool, f func(context.Context) error) error {
 	if err := s.lim.Wait(ctx); err != nil {
 		return fmt.Errorf("stresser: %s: %w", op, err)
 	}
@@ -249,7 +251,7 @@ func (s *leaseStresser) call(ctx context.Context, op string, mayBeGone bool, f f
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	err := f(rctx)
 	cancel()
-	s.rec.finishLease(ctx, op, anyMember, start, err, mayBeGone)
+	s.rec.finishLease(ctx, op, anyMember, start, err, mayBeGone != nil && mayBeGone())
 	return err
 }
 
