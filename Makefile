@@ -9,10 +9,13 @@ ETCD      ?=
 # The etcd release to build from the Go module proxy: any vX.Y.Z with a
 # module file under tools/etcd/versions/ (make etcd-pin makes one).
 ETCD_VERSION ?= v3.7.3
+ifeq ($(shell echo '$(ETCD_VERSION)' | grep -Ex 'v3\.[0-9]+\.[0-9]+'),)
+$(error ETCD_VERSION=$(ETCD_VERSION): want an etcd v3 release as vX.Y.Z, e.g. v3.6.16)
+endif
 BIN       := bin
 GOFLAGS_STATIC := CGO_ENABLED=0
 
-.PHONY: build etcd etcd-pin agent tester localrun run test unit fuzz e2e docker-e2e check-clean clean vet
+.PHONY: build etcd etcd-pin etcd-releases agent tester localrun run test unit fuzz e2e docker-e2e check-clean clean vet
 
 build: etcd agent tester localrun
 
@@ -75,10 +78,15 @@ else
 	ln -sfn etcd-$(ETCD_VERSION) $(BIN)/etcd
 endif
 
-$(BIN)/etcd-%: tools/etcd/versions/%.mod tools/etcd/versions/%.sum tools/etcd/main.go
+$(BIN)/etcd-v%: tools/etcd/versions/v%.mod tools/etcd/versions/v%.sum tools/etcd/main.go
 	@mkdir -p $(BIN)
-	cd tools/etcd && $(GOFLAGS_STATIC) $(GO) build -modfile=versions/$*.mod -o ../../$@.tmp .
+	cd tools/etcd && $(GOFLAGS_STATIC) $(GO) build -modfile=versions/v$*.mod -o ../../$@.tmp .
 	mv $@.tmp $@
+
+# Every pinned release, side by side, for the tests that compare releases
+# (stresser's TestPastReadTxnDivergence, tester's TestEtcdFlags...); bin/etcd
+# is left as it is. Each build takes minutes; run it once.
+etcd-releases: $(patsubst tools/etcd/versions/%.mod,$(BIN)/etcd-%,$(wildcard tools/etcd/versions/v*.mod))
 
 # A release without a module file yet: resolve it from the proxy once
 # (make etcd-pin ETCD_VERSION=v3.5.20), check that it builds, commit the two
