@@ -44,6 +44,27 @@ func SupportedEtcdVersion(v wire.EtcdVersion) error {
 	return nil
 }
 
+// StatusEtcdVersion is the release of the agent's etcd binary as its
+// Status reports it, or an error naming the agent and why the release is
+// unknown or not supported: the tester must not guess a member's flags.
+func StatusEtcdVersion(agent string, st wire.Status) (wire.EtcdVersion, error) {
+	if st.EtcdVersion == "" {
+		why := st.EtcdVersionError
+		if why == "" {
+			why = "the agent does not report it (an agent older than Status.EtcdVersion?)"
+		}
+		return wire.EtcdVersion{}, fmt.Errorf("agent %s: etcd version unknown: %s", agent, why)
+	}
+	v, err := wire.ParseEtcdVersion(st.EtcdVersion)
+	if err != nil {
+		return wire.EtcdVersion{}, fmt.Errorf("agent %s: %w", agent, err)
+	}
+	if err := SupportedEtcdVersion(v); err != nil {
+		return wire.EtcdVersion{}, fmt.Errorf("agent %s: %w", agent, err)
+	}
+	return v, nil
+}
+
 // Releases where a flag appeared or changed its name.
 var (
 	etcdCompactHashCheck = wire.EtcdVersion{Major: 3, Minor: 5, Patch: 5}  // --experimental-compact-hash-check-enabled

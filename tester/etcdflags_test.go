@@ -98,6 +98,33 @@ func TestSupportedEtcdVersion(t *testing.T) {
 	}
 }
 
+func TestEtcdFlagsStatusVersion(t *testing.T) {
+	v, err := StatusEtcdVersion("a0", wire.Status{EtcdVersion: "3.5.15"})
+	if err != nil || v != (wire.EtcdVersion{Major: 3, Minor: 5, Patch: 15}) {
+		t.Fatalf("StatusEtcdVersion(3.5.15) = %v, %v", v, err)
+	}
+	for _, tc := range []struct {
+		st   wire.Status
+		want []string
+	}{
+		{wire.Status{EtcdVersionError: "/bin/etcd --version: exit status 2"}, []string{"agent a0", "unknown", "exit status 2"}},
+		{wire.Status{}, []string{"agent a0", "unknown", "does not report it"}},
+		{wire.Status{EtcdVersion: "3.4.34"}, []string{"agent a0", "3.4.34", "not supported", "3.5.0"}},
+		{wire.Status{EtcdVersion: "banana"}, []string{"agent a0", "banana", "MAJOR.MINOR.PATCH"}},
+	} {
+		_, err := StatusEtcdVersion("a0", tc.st)
+		if err == nil {
+			t.Errorf("StatusEtcdVersion(%+v): no error", tc.st)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("StatusEtcdVersion(%+v): error %q lacks %q", tc.st, err, w)
+			}
+		}
+	}
+}
+
 // TestEtcdFlagsKnownByRealBinaries asks each built release whether it
 // knows every flag EtcdFlags gives it: etcd parses its flags before it
 // acts on --version, so a release prints its version only if every flag
