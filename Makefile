@@ -1,13 +1,21 @@
 # The two commands a user needs: `make run` (a real local cluster through the
 # whole suite) and `make test` (every test). Everything else is a step of
-# those. ETCD=/path/to/etcd uses your own etcd binary instead of building one.
+# those. ETCD_VERSION=v3.6.16 builds and tests that etcd release instead of
+# the newest; ETCD=/path/to/etcd uses your own etcd binary instead of
+# building one.
 
 GO        ?= go
 ETCD      ?=
+# The etcd release to build from the Go module proxy: any vX.Y.Z with a
+# module file under tools/etcd/versions/ (make etcd-pin makes one).
+ETCD_VERSION ?= v3.7.3
+ifeq ($(shell echo '$(ETCD_VERSION)' | grep -Ex 'v3\.[0-9]+\.[0-9]+'),)
+$(error ETCD_VERSION=$(ETCD_VERSION): want an etcd v3 release as vX.Y.Z, e.g. v3.6.16)
+endif
 BIN       := bin
 GOFLAGS_STATIC := CGO_ENABLED=0
 
-.PHONY: build etcd agent tester localrun run test unit fuzz e2e docker-e2e check-clean clean vet
+.PHONY: build etcd etcd-pin etcd-releases agent tester localrun run test unit fuzz e2e docker-e2e check-clean clean vet
 
 build: etcd agent tester localrun
 
@@ -77,16 +85,42 @@ ifeq ($(FAILPOINTS),0)
 .PHONY: $(BIN)/etcd
 endif
 
-# bin/etcd is the real etcd at the release pinned in tools/etcd/go.mod, or a
-# copy of $(ETCD).
-etcd: $(BIN)/etcd
-$(BIN)/etcd: tools/etcd/go.mod tools/etcd/main.go
+# bin/etcd is the binary everything runs (agents, tests, the docker image):
+# a symlink to bin/etcd-$(ETCD_VERSION), or a copy of $(ETCD). Each release
+# is built once into its own bin/etcd-vX.Y.Z and kept, so switching back and
+# forth costs nothing. The build is the wrapper module tools/etcd (etcd's
+# server module cannot be `go install`ed) with the release's own module file
+# tools/etcd/versions/$(ETCD_VERSION).mod and .sum: every dependency pinned,
+# raised where an old release's pins no longer build with this Go.
+ETCD_MODFILE := tools/etcd/versions/$(ETCD_VERSION).mod
+etcd: $(if $(ETCD),,$(BIN)/etcd-$(ETCD_VERSION))
 	@mkdir -p $(BIN)
 ifneq ($(ETCD),)
-	cp "$(ETCD)" $@
+	rm -f $(BIN)/etcd
+	cp "$(ETCD)" $(BIN)/etcd
 else
-	cd tools/etcd && $(GOFLAGS_STATIC) $(GO) build -o ../../$@ .
+	ln -sfn etcd-$(ETCD_VERSION) $(BIN)/etcd
 endif
+
+$(BIN)/etcd-v%: tools/etcd/versions/v%.mod tools/etcd/versions/v%.sum tools/etcd/main.go
+	@mkdir -p $(BIN)
+	cd tools/etcd && $(GOFLAGS_STATIC) $(GO) build -modfile=versions/v$*.mod -o ../../$@.tmp .
+	mv $@.tmp $@
+
+# Every pinned release, side by side, for the tests that compare releases
+# (stresser's TestPastReadTxnDivergence, tester's TestEtcdFlags...); bin/etcd
+# is left as it is. Each build takes minutes; run it once.
+etcd-releases: $(patsubst tools/etcd/versions/%.mod,$(BIN)/etcd-%,$(wildcard tools/etcd/versions/v*.mod))
+
+# A release without a module file yet: resolve it from the proxy once
+# (make etcd-pin ETCD_VERSION=v3.5.20), check that it builds, commit the two
+# files. Never edits etcd itself.
+etcd-pin:
+	tools/etcd/pin.sh $(ETCD_VERSION)
+
+tools/etcd/versions/%.mod tools/etcd/versions/%.sum:
+	@echo "no module file for etcd $* (tools/etcd/versions/$*.mod); pin it with: make etcd-pin ETCD_VERSION=$*" >&2
+	@exit 1
 
 agent:
 	@mkdir -p $(BIN)

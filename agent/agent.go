@@ -22,6 +22,8 @@
 package agent
 
 import (
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -141,6 +143,9 @@ type Agent struct {
 	faultStopped    bool
 	faultsExpiredAt time.Time
 	faultsExpired   []string
+	// etcdVersion and etcdVersionErr are learned once in New and never
+	// change: the agent runs one binary for its whole life.
+	etcdVersion, etcdVersionErr string
 }
 
 // New checks cfg, prepares the base dir, removes network faults an earlier
@@ -162,7 +167,16 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.recover(); err != nil {
 		return nil, err
 	}
-	plog.Infof("agent ready: etcd %s, base dir %s, network faults by %s, failpoints %t", cfg.EtcdPath, cfg.BaseDir, a.backend, a.fp.ok)
+	// A binary whose version cannot be learned still runs: the caller
+	// sees why in Status and decides (the tester refuses to guess flags).
+	if v, err := etcdVersion(cfg.EtcdPath); err != nil {
+		a.etcdVersionErr = err.Error()
+		plog.Warningf("etcd %s: version unknown: %v", cfg.EtcdPath, err)
+	} else {
+		a.etcdVersion = v.String()
+	}
+	plog.Infof("agent ready: etcd %s (version %s), base dir %s, network faults by %s, failpoints %t",
+		cfg.EtcdPath, cmp.Or(a.etcdVersion, "unknown"), cfg.BaseDir, a.backend, a.fp.ok)
 	return a, nil
 }
 
@@ -919,11 +933,33 @@ func (a *Agent) statusLocked() wire.Status {
 		FaultLeaseUntil:  a.leaseUntil,
 		FaultsExpiredAt:  a.faultsExpiredAt,
 		FaultsExpired:    slices.Clone(a.faultsExpired),
+		EtcdVersion:      a.etcdVersion,
+		EtcdVersionError: a.etcdVersionErr,
 	}
 	if p := a.proc; p != nil && !p.exited() {
 		st.Pid, st.Adopted = p.pid, p.adopted
 	}
 	return st
+}
+
+// versionTimeout bounds `etcd --version`, which prints and exits at once;
+// a binary that does anything else is not an etcd we understand.
+const versionTimeout = 10 * time.Second
+
+// etcdVersion runs `path --version` and parses the release it prints.
+func etcdVersion(path string) (wire.EtcdVersion, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), versionTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, path, "--version").CombinedOutput()
+	if err != nil {
+		first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		return wire.EtcdVersion{}, fmt.Errorf("%s --version: %w (output: %q)", path, err, first)
+	}
+	v, err := wire.ParseEtcdVersionOutput(out)
+	if err != nil {
+		return wire.EtcdVersion{}, fmt.Errorf("%s --version: %w", path, err)
+	}
+	return v, nil
 }
 
 func fileSize(path string) int64 {

@@ -243,7 +243,10 @@ func (c *Composite) ModifiedKeys() int64 {
 	return n
 }
 
-// Check runs every stresser's check while the load is paused. Before
+// Check runs every stresser's check while the load is paused, and fails if
+// any request since the last Check met an unexpected error (one no fault
+// explains, see Classify): what clients saw is checked too, naming the
+// operation and error of the first few kinds with their counts. Before
 // Stress there is nothing to check.
 func (c *Composite) Check(ctx context.Context) error {
 	c.mu.Lock()
@@ -261,6 +264,9 @@ func (c *Composite) Check(ctx context.Context) error {
 		if err := m.check(ctx, c.conns); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", m.name(), err))
 		}
+	}
+	if err := c.rec.takeUnexpected(); err != nil {
+		errs = append(errs, fmt.Errorf("stresser: clients saw %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -19,6 +20,15 @@ const keyPrefix = "/stresser/key/"
 
 // rangeSpan is how many key suffixes a range or delete-range covers.
 const rangeSpan = 500
+
+// How often, unless Config.SkipPastReads, a read asks for an old revision:
+// one get or range in pastReadEvery, one txn in pastTxnEvery (that txn
+// mixes a put with the read, the shape of etcd #18667). Half of the reads
+// still see the present, so a failure of past reads alone stands out.
+const (
+	pastReadEvery = 2
+	pastTxnEvery  = 3
+)
 
 type keyOp int
 
@@ -77,6 +87,11 @@ type keyStresser struct {
 	large    string // KeyLargeSize bytes
 	width    int    // digits of the largest suffix, so keys sort by number
 	modified atomic.Int64
+	// latest is the newest revision a response has shown: past reads
+	// pick their revision at or below it, so that a member never sees a
+	// revision from the future (a linearizable read waits for the member
+	// to apply everything committed before it was sent).
+	latest atomic.Int64
 }
 
 func newKeyStresser(cfg Config, lim limiter, rec *recorder) *keyStresser {
@@ -116,10 +131,10 @@ func (s *keyStresser) worker(ctx context.Context, cli *clientv3.Client, member s
 		op := s.picker.pick(rng)
 		start := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
-		n, err := s.do(rctx, cli, op, rng)
+		name, n, err := s.do(rctx, cli, op, rng)
 		cancel()
 		s.modified.Add(n)
-		s.rec.finish(ctx, op.String(), member, start, err)
+		s.rec.finish(ctx, name, member, start, err)
 	}
 }
 
@@ -133,42 +148,119 @@ func (s *keyStresser) span(rng *rand.Rand) (from, end string) {
 	return s.key(i), s.key(min(i+rangeSpan, s.cfg.KeySuffixRange))
 }
 
-// do issues one operation and returns how many keys it wrote or deleted.
-func (s *keyStresser) do(ctx context.Context, cli *clientv3.Client, op keyOp, rng *rand.Rand) (int64, error) {
+// observe raises latest to the revision of a response header.
+func (s *keyStresser) observe(h *etcdserverpb.ResponseHeader) {
+	if h == nil {
+		return
+	}
+	for {
+		cur := s.latest.Load()
+		if h.Revision <= cur || s.latest.CompareAndSwap(cur, h.Revision) {
+			return
+		}
+	}
+}
+
+// pastRev draws a revision in [max(1, latest-PastReadWindow), latest], or
+// returns 0 when no past read is due: past reads are off, this read was
+// not drawn as one (one in every), or no response has shown a revision
+// yet.
+func (s *keyStresser) pastRev(rng *rand.Rand, every int) int64 {
+	if s.cfg.SkipPastReads || rng.IntN(every) != 0 {
+		return 0
+	}
+	latest := s.latest.Load()
+	if latest < 1 {
+		return 0
+	}
+	lo := max(1, latest-s.cfg.PastReadWindow)
+	return lo + rng.Int64N(latest-lo+1)
+}
+
+// do issues one operation and returns the name it is counted under (a
+// read of the past adds "-past" to its operation's), and how many keys it
+// wrote or deleted.
+func (s *keyStresser) do(ctx context.Context, cli *clientv3.Client, op keyOp, rng *rand.Rand) (string, int64, error) {
+	name := op.String()
 	switch op {
 	case opPut, opPutLarge:
 		v := s.value
 		if op == opPutLarge {
 			v = s.large
 		}
-		if _, err := cli.Put(ctx, s.key(rng.IntN(s.cfg.KeySuffixRange)), v); err != nil {
-			return 0, err
+		resp, err := cli.Put(ctx, s.key(rng.IntN(s.cfg.KeySuffixRange)), v)
+		if err != nil {
+			return name, 0, err
 		}
-		return 1, nil
-	case opGet:
-		_, err := cli.Get(ctx, s.key(rng.IntN(s.cfg.KeySuffixRange)))
-		return 0, err
-	case opRange:
-		from, end := s.span(rng)
-		_, err := cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithLimit(rangeSpan))
-		return 0, err
+		s.observe(resp.Header)
+		return name, 1, nil
+	case opGet, opRange:
+		var opts []clientv3.OpOption
+		key := s.key(rng.IntN(s.cfg.KeySuffixRange))
+		if op == opRange {
+			from, end := s.span(rng)
+			key = from
+			opts = append(opts, clientv3.WithRange(end), clientv3.WithLimit(rangeSpan))
+		}
+		if rev := s.pastRev(rng, pastReadEvery); rev > 0 {
+			name += "-past"
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := cli.Get(ctx, key, opts...)
+		if err != nil {
+			return name, 0, err
+		}
+		s.observe(resp.Header)
+		return name, 0, nil
 	case opDelete:
 		resp, err := cli.Delete(ctx, s.key(rng.IntN(s.cfg.KeySuffixRange)))
 		if err != nil {
-			return 0, err
+			return name, 0, err
 		}
-		return resp.Deleted, nil
+		s.observe(resp.Header)
+		return name, resp.Deleted, nil
 	case opDeleteRange:
 		from, end := s.span(rng)
 		resp, err := cli.Delete(ctx, from, clientv3.WithRange(end))
 		if err != nil {
-			return 0, err
+			return name, 0, err
 		}
-		return resp.Deleted, nil
+		s.observe(resp.Header)
+		return name, resp.Deleted, nil
 	case opTxn:
-		return s.txn(ctx, cli, rng)
+		if rev := s.pastRev(rng, pastTxnEvery); rev > 0 {
+			n, err := s.pastTxn(ctx, cli, rng, rev)
+			return name + "-past", n, err
+		}
+		n, err := s.txn(ctx, cli, rng)
+		return name, n, err
 	}
 	panic(fmt.Sprintf("stresser: unknown key op %d", op))
+}
+
+// pastTxn mixes a write with a read of the past in one txn:
+//
+//	If(Value(k) = value).Then(Put(k2), Get(k, rev)).Else(Put(k2), Get(k, rev))
+//
+// with k2 the key after k. Both branches hold the same pair, so the mix
+// runs whichever way the compare goes (most keys are absent). A rev at or
+// below the last compaction makes etcd refuse the read; etcd #18667 (every
+// v3.6) then leaves the put applied on some members and not on others.
+func (s *keyStresser) pastTxn(ctx context.Context, cli *clientv3.Client, rng *rand.Rand, rev int64) (int64, error) {
+	i := rng.IntN(s.cfg.KeySuffixRange)
+	k, k2 := s.key(i), s.key((i+1)%s.cfg.KeySuffixRange)
+	if k == k2 {
+		// One key only (KeySuffixRange 1): the put goes elsewhere, so
+		// that the read is of a key this txn does not change.
+		k2 = keyPrefix + "past-txn"
+	}
+	mix := []clientv3.Op{clientv3.OpPut(k2, s.value), clientv3.OpGet(k, clientv3.WithRev(rev))}
+	resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(k), "=", s.value)).Then(mix...).Else(mix...).Commit()
+	if err != nil {
+		return 0, err
+	}
+	s.observe(resp.Header)
+	return 1, nil
 }
 
 // txn puts or deletes KeyTxnOps distinct keys (etcd refuses a txn that
@@ -190,6 +282,7 @@ func (s *keyStresser) txn(ctx context.Context, cli *clientv3.Client, rng *rand.R
 	if err != nil {
 		return 0, err
 	}
+	s.observe(resp.Header)
 	n := puts
 	for _, r := range resp.Responses {
 		if d := r.GetResponseDeleteRange(); d != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,16 @@ type leaseStresser struct {
 	revoked   []*leaseRecord
 	short     []*leaseRecord
 	forgotten int // revoked or short leases dropped by maxTracked since the last Check
+	// lost are kept-alive leases etcd reported missing before they could
+	// have expired, since the last Check; at most maxTracked.
+	lost []lostLease
+}
+
+// lostLease is a kept-alive lease a keepalive found missing.
+type lostLease struct {
+	id      clientv3.LeaseID
+	ttl     time.Duration
+	renewed time.Duration // since the last renewal, when the keepalive was sent
 }
 
 func newLeaseStresser(cfg Config, lim limiter, rec *recorder) *leaseStresser {
@@ -112,9 +123,13 @@ func (s *leaseStresser) round(ctx context.Context, cli *clientv3.Client, rng *ra
 		s.mu.Lock()
 		l := s.alive[id]
 		s.mu.Unlock()
-		// A fault that kept every keepalive out for a whole TTL may
-		// rightly have let the lease expire.
-		err := s.call(ctx, "lease-keepalive", l.overdue(), func(rctx context.Context) error {
+		// A fault that kept every keepalive out for nearly a whole TTL
+		// may rightly have let the lease expire (see lostEarly); an
+		// earlier loss is etcd's fault, an unexpected error.
+		var sent time.Time
+		mayBeGone := func() bool { return !s.lostEarly(l, sent.Sub(l.renewed)) }
+		err := s.call(ctx, "lease-keepalive", mayBeGone, func(rctx context.Context) error {
+			sent = time.Now()
 			_, err := cli.KeepAliveOnce(rctx, id)
 			return err
 		})
@@ -127,9 +142,14 @@ func (s *leaseStresser) round(ctx context.Context, cli *clientv3.Client, rng *ra
 			l.renewed = time.Now()
 			s.mu.Unlock()
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			// A lost lease cannot be kept alive: stop tracking it.
+			// A lost lease cannot be kept alive: stop tracking it. Lost
+			// before it could have expired, it is etcd's fault, and the
+			// next Check says so.
 			s.mu.Lock()
 			delete(s.alive, id)
+			if !mayBeGone() && len(s.lost) < maxTracked {
+				s.lost = append(s.lost, lostLease{id: id, ttl: l.ttl, renewed: sent.Sub(l.renewed)})
+			}
 			s.mu.Unlock()
 		}
 	}
@@ -154,7 +174,7 @@ func (s *leaseStresser) round(ctx context.Context, cli *clientv3.Client, rng *ra
 	}
 	if ids := s.aliveIDs(); len(ids) > 0 && rng.IntN(2) == 0 {
 		id := ids[rng.IntN(len(ids))]
-		err := s.call(ctx, "lease-revoke", false, func(rctx context.Context) error {
+		err := s.call(ctx, "lease-revoke", nil, func(rctx context.Context) error {
 			_, err := cli.Revoke(rctx, id)
 			return err
 		})
@@ -171,6 +191,16 @@ func (s *leaseStresser) round(ctx context.Context, cli *clientv3.Client, rng *ra
 	}
 }
 
+// lostEarly says that a keepalive sent since after l's last renewal
+// should have found l alive. The renewal that returned at l.renewed was
+// applied at most RequestTimeout before, so etcd keeps l at least until
+// l.renewed - RequestTimeout + TTL; the new keepalive is answered at most
+// RequestTimeout after it was sent. A keepalive sent earlier than
+// TTL - 2*RequestTimeout after the renewal must therefore find the lease.
+func (s *leaseStresser) lostEarly(l *leaseRecord, since time.Duration) bool {
+	return since < l.ttl-2*s.cfg.RequestTimeout
+}
+
 // track appends l to list, forgetting the oldest past maxTracked. s.mu held.
 func (s *leaseStresser) track(list []*leaseRecord, l *leaseRecord) []*leaseRecord {
 	if len(list) >= maxTracked {
@@ -184,7 +214,7 @@ func (s *leaseStresser) track(list []*leaseRecord, l *leaseRecord) []*leaseRecor
 // returns nil if the grant failed; keys whose put failed are left out.
 func (s *leaseStresser) grantWithKeys(ctx context.Context, cli *clientv3.Client, ttl time.Duration, short bool) *leaseRecord {
 	var resp *clientv3.LeaseGrantResponse
-	err := s.call(ctx, "lease-grant", false, func(rctx context.Context) error {
+	err := s.call(ctx, "lease-grant", nil, func(rctx context.Context) error {
 		var err error
 		resp, err = cli.Grant(rctx, int64(ttl/time.Second))
 		return err
@@ -197,7 +227,7 @@ func (s *leaseStresser) grantWithKeys(ctx context.Context, cli *clientv3.Client,
 	prefix := leaseKeyPrefix(resp.ID)
 	for i := 0; i < s.cfg.KeysPerLease && ctx.Err() == nil; i++ {
 		k := fmt.Sprintf("%s%d", prefix, i)
-		err := s.call(ctx, "lease-put", short, func(rctx context.Context) error {
+		err := s.call(ctx, "lease-put", func() bool { return short }, func(rctx context.Context) error {
 			_, err := cli.Put(rctx, k, "lease", clientv3.WithLease(resp.ID))
 			return err
 		})
@@ -210,8 +240,10 @@ func (s *leaseStresser) grantWithKeys(ctx context.Context, cli *clientv3.Client,
 }
 
 // call waits for the limiter, runs one request with the request timeout
-// and records it. It returns the request's error, or ctx's if it never ran.
-func (s *leaseStresser) call(ctx context.Context, op string, mayBeGone bool, f func(context.Context) error) error {
+// and records it. mayBeGone, if not nil, says once the request is done
+// whether the lease may rightly be gone (ErrLeaseNotFound then counts as
+// expected). It returns the request's error, or ctx's if it never ran.
+func (s *leaseStresser) call(ctx context.Context, op string, mayBeGone func() bool, f func(context.Context) error) error {
 	if err := s.lim.Wait(ctx); err != nil {
 		return fmt.Errorf("stresser: %s: %w", op, err)
 	}
@@ -219,13 +251,17 @@ func (s *leaseStresser) call(ctx context.Context, op string, mayBeGone bool, f f
 	rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	err := f(rctx)
 	cancel()
-	s.rec.finishLease(ctx, op, anyMember, start, err, mayBeGone)
+	s.rec.finishLease(ctx, op, anyMember, start, err, mayBeGone != nil && mayBeGone())
 	return err
 }
 
 // check verifies that every live lease is alive with its keys, every
 // revoked lease is gone with its keys, and every short lease has expired
-// with its keys. Verified revoked and short leases are then forgotten.
+// with its keys, as the leader answers; that no kept-alive lease was
+// reported missing before it could have expired; and that every member's
+// own lease table (LeaseLeases is answered from the member's local state,
+// not the leader's) agrees on the leases so verified. Verified revoked and
+// short leases, and reported lost ones, are then forgotten.
 func (s *leaseStresser) check(ctx context.Context, c *conns) error {
 	s.mu.Lock()
 	alive := make([]*leaseRecord, 0, len(s.alive))
@@ -235,6 +271,8 @@ func (s *leaseStresser) check(ctx context.Context, c *conns) error {
 	revoked := slices.Clone(s.revoked)
 	short := slices.Clone(s.short)
 	forgotten := s.forgotten
+	lost := s.lost
+	s.lost = nil
 	s.mu.Unlock()
 	if forgotten > 0 {
 		plog.Warningf("lease check: %d revoked or short leases were forgotten unverified (more than %d since the last check)", forgotten, maxTracked)
@@ -243,6 +281,11 @@ func (s *leaseStresser) check(ctx context.Context, c *conns) error {
 
 	cli := c.all
 	var errs []error
+	for _, l := range lost {
+		errs = append(errs, fmt.Errorf("lease %016x: kept alive, but a keepalive %v after its last renewal (TTL %v) found it gone",
+			int64(l.id), l.renewed.Round(time.Millisecond), l.ttl))
+	}
+	var wantAlive, wantGone []clientv3.LeaseID
 	for _, l := range alive {
 		if l.overdue() {
 			plog.Noticef("lease check: lease %016x not renewed for %v (TTL %v): may rightly have expired, not checked",
@@ -251,12 +294,16 @@ func (s *leaseStresser) check(ctx context.Context, c *conns) error {
 		}
 		if err := s.checkAlive(ctx, cli, l); err != nil {
 			errs = append(errs, err)
+			continue
 		}
+		wantAlive = append(wantAlive, l.id)
 	}
 	for _, l := range revoked {
 		if err := s.checkGone(ctx, cli, l, "revoked", time.Time{}); err != nil {
 			errs = append(errs, err)
+			continue
 		}
+		wantGone = append(wantGone, l.id)
 	}
 	now := time.Now()
 	for _, l := range short {
@@ -266,6 +313,13 @@ func (s *leaseStresser) check(ctx context.Context, c *conns) error {
 		deadline := now.Add(l.ttl + s.expiryGrace)
 		if err := s.checkGone(ctx, cli, l, "short-TTL", deadline); err != nil {
 			errs = append(errs, err)
+			continue
+		}
+		wantGone = append(wantGone, l.id)
+	}
+	if ctx.Err() == nil {
+		if err := s.checkMembers(ctx, c, wantAlive, wantGone); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if ctx.Err() != nil {
@@ -273,7 +327,7 @@ func (s *leaseStresser) check(ctx context.Context, c *conns) error {
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("stresser: lease check: %d of %d leases wrong: %w",
-			len(errs), len(alive)+len(revoked)+len(short), errors.Join(errs...))
+			len(errs), len(alive)+len(revoked)+len(short)+len(lost), errors.Join(errs...))
 	}
 	s.mu.Lock()
 	s.revoked = slices.DeleteFunc(s.revoked, func(l *leaseRecord) bool { return slices.Contains(revoked, l) })
@@ -281,6 +335,100 @@ func (s *leaseStresser) check(ctx context.Context, c *conns) error {
 	s.forgotten = 0
 	s.mu.Unlock()
 	return nil
+}
+
+// memberLeases is one member's own list of leases.
+type memberLeases struct {
+	member string
+	ids    map[clientv3.LeaseID]bool
+	err    error // the list could not be had
+}
+
+// checkMembers asks every member for its own lease table and compares it
+// with what the leader confirmed: every lease in alive listed, none in
+// gone. A member applies a revoke a little after the leader does, so a
+// disagreement is asked again, checkAttempts times checkRetryWait apart,
+// before it fails the check: a member that stays wrong (a follower restored
+// from a snapshot with a wrong lease table) is a real divergence.
+func (s *leaseStresser) checkMembers(ctx context.Context, c *conns, alive, gone []clientv3.LeaseID) error {
+	var err error
+	for try := 0; try < checkAttempts; try++ {
+		if try > 0 {
+			select {
+			case <-ctx.Done():
+				return errors.Join(err, ctx.Err())
+			case <-time.After(checkRetryWait):
+			}
+		}
+		views := make([]memberLeases, len(c.perEndpoint))
+		for i, cli := range c.perEndpoint {
+			views[i] = listLeases(ctx, s.cfg.Endpoints[i], cli)
+		}
+		if err = compareLeaseViews(views, alive, gone); err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// listLeases is one member's LeaseLeases, over a connection to it alone.
+func listLeases(ctx context.Context, member string, cli *clientv3.Client) memberLeases {
+	v := memberLeases{member: member}
+	var resp *clientv3.LeaseLeasesResponse
+	v.err = retry(ctx, func(rctx context.Context) error {
+		var err error
+		resp, err = cli.Leases(rctx)
+		return err
+	})
+	if v.err == nil {
+		v.ids = make(map[clientv3.LeaseID]bool, len(resp.Leases))
+		for _, l := range resp.Leases {
+			v.ids[l.ID] = true
+		}
+	}
+	return v
+}
+
+// compareLeaseViews returns an error naming every member whose own lease
+// table misses a lease of alive or holds one of gone, or that could not
+// list its leases.
+func compareLeaseViews(views []memberLeases, alive, gone []clientv3.LeaseID) error {
+	var errs []error
+	for _, v := range views {
+		if v.err != nil {
+			errs = append(errs, fmt.Errorf("member %s: list its leases: %w", v.member, v.err))
+			continue
+		}
+		var missing, extra []string
+		for _, id := range alive {
+			if !v.ids[id] {
+				missing = append(missing, fmt.Sprintf("%016x", int64(id)))
+			}
+		}
+		for _, id := range gone {
+			if v.ids[id] {
+				extra = append(extra, fmt.Sprintf("%016x", int64(id)))
+			}
+		}
+		if len(missing) > 0 {
+			errs = append(errs, fmt.Errorf("member %s: its own lease table lacks %d leases the leader has alive: %s",
+				v.member, len(missing), firstFew(missing)))
+		}
+		if len(extra) > 0 {
+			errs = append(errs, fmt.Errorf("member %s: its own lease table still holds %d leases the leader has gone: %s",
+				v.member, len(extra), firstFew(extra)))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// firstFew joins up to five of ids, saying how many more there are.
+func firstFew(ids []string) string {
+	const few = 5
+	if len(ids) <= few {
+		return strings.Join(ids, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(ids[:few], ", "), len(ids)-few)
 }
 
 func (s *leaseStresser) checkAlive(ctx context.Context, cli *clientv3.Client, l *leaseRecord) error {

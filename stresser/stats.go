@@ -2,8 +2,10 @@ package stresser
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/bits"
+	"strings"
 	"sync"
 	"time"
 )
@@ -164,6 +166,71 @@ type recorder struct {
 	secHist histogram
 	series  []SecondStat
 	dropped int
+	// seen are the unexpected errors since the last Check, kept across
+	// intervals (Check runs after Pause) and taken by takeUnexpected.
+	seen unexpectedSeen
+}
+
+// unexpectedSeen counts unexpected errors by operation and error text: the
+// first maxUnexpectedKinds kinds one by one, the rest together, so that a
+// storm of distinct messages cannot grow it.
+type unexpectedSeen struct {
+	total int64
+	kinds []unexpectedKind
+	other int64 // errors of kinds past maxUnexpectedKinds
+}
+
+type unexpectedKind struct {
+	op, err string
+	n       int64
+}
+
+// maxUnexpectedKinds is how many kinds of unexpected error a failed Check
+// names.
+const maxUnexpectedKinds = 5
+
+func (u *unexpectedSeen) add(op, msg string) {
+	u.total++
+	for i := range u.kinds {
+		if k := &u.kinds[i]; k.op == op && k.err == msg {
+			k.n++
+			return
+		}
+	}
+	if len(u.kinds) < maxUnexpectedKinds {
+		u.kinds = append(u.kinds, unexpectedKind{op: op, err: msg, n: 1})
+		return
+	}
+	u.other++
+}
+
+// err describes u as a check failure, nil if nothing unexpected happened.
+func (u *unexpectedSeen) err() error {
+	if u.total == 0 {
+		return nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d unexpected errors (no fault explains them): ", u.total)
+	for i, k := range u.kinds {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%s: %s (%d×)", k.op, k.err, k.n)
+	}
+	if u.other > 0 {
+		fmt.Fprintf(&b, "; and %d of other kinds", u.other)
+	}
+	return errors.New(b.String())
+}
+
+// takeUnexpected returns the unexpected errors since the last call as an
+// error (nil if none) and forgets them.
+func (r *recorder) takeUnexpected() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	err := r.seen.err()
+	r.seen = unexpectedSeen{}
+	return err
 }
 
 func newRecorder(now time.Time) *recorder {
@@ -207,6 +274,9 @@ func (r *recorder) finishLease(ctx context.Context, op, member string, start tim
 		}
 	}
 	if n := r.record(op, end, end.Sub(start), class, expected); n > 0 {
+		r.mu.Lock()
+		r.seen.add(op, err.Error())
+		r.mu.Unlock()
 		switch {
 		case n <= logFirstUnexpected:
 			plog.Warningf("unexpected error: %s on %s after %v: %v", op, member, end.Sub(start), err)

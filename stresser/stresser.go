@@ -16,7 +16,8 @@
 //	stats = s.Close()
 //
 // Errors a fault explains (see Classify) are counted and the load goes on;
-// others are counted as Unexpected and logged with the member and operation.
+// others are counted as Unexpected, logged with the member and operation,
+// and fail the next Check.
 // The load stops only on Pause, Close or the end of Stress's context.
 package stresser
 
@@ -43,7 +44,8 @@ type Stresser interface {
 }
 
 // Checker verifies, after a fault has healed and the load is paused, that
-// what the stresser did is still true of the cluster. Check returns an error
+// what the stresser did is still true of the cluster and that its clients
+// met no error a fault does not explain. Check returns an error
 // naming what is wrong; it waits (bounded, and honouring ctx) for what takes
 // time, such as short-TTL leases expiring.
 type Checker interface {

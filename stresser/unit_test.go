@@ -66,6 +66,8 @@ func TestValidateNamesTheBadField(t *testing.T) {
 		{"all weights zero", func(c *Config) { c.KeyWeights = KeyWeights{} }, []string{"KeyWeights", "all zero"}},
 		{"txn weight without ops", func(c *Config) { c.KeyTxnOps = 0 }, []string{"KeyWeights.Txn"}},
 		{"zero timeout", func(c *Config) { c.RequestTimeout = 0 }, []string{"RequestTimeout"}},
+		{"zero past-read window", func(c *Config) { c.PastReadWindow = 0 }, []string{"PastReadWindow: 0", "SkipPastReads"}},
+		{"negative past-read window", func(c *Config) { c.PastReadWindow = -3 }, []string{"PastReadWindow: -3"}},
 		{"short ttl above ttl", func(c *Config) { c.ShortLeaseTTL = 200 * time.Second }, []string{"ShortLeaseTTL"}},
 		{"zero lease count", func(c *Config) { c.LeaseCount = 0 }, []string{"LeaseCount: 0"}},
 		{"zero keys per lease", func(c *Config) { c.KeysPerLease = 0 }, []string{"KeysPerLease: 0"}},
@@ -87,6 +89,17 @@ func TestValidateNamesTheBadField(t *testing.T) {
 				t.Errorf("New accepted a config Validate refuses")
 			}
 		})
+	}
+}
+
+// TestValidateSkipPastReadsNeedsNoWindow: leaving past reads out makes
+// their window irrelevant, so a zero window is then fine.
+func TestValidateSkipPastReadsNeedsNoWindow(t *testing.T) {
+	cfg := validConfig()
+	cfg.PastReadWindow = 0
+	cfg.SkipPastReads = true
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("SkipPastReads with window 0: %v", err)
 	}
 }
 
@@ -245,7 +258,12 @@ func TestClassify(t *testing.T) {
 		{status.Error(codes.ResourceExhausted, "trying to send message larger than max"), ClassUnexpected, false},
 		{rpctypes.ErrLeaseNotFound, ClassLeaseNotFound, false},
 		{rpctypes.ErrDuplicateKey, ClassUnexpected, false},
-		{rpctypes.ErrCompacted, ClassUnexpected, false},
+		// A read at a compacted revision: past reads ask for them.
+		{rpctypes.ErrCompacted, ClassCompacted, true},
+		{rpctypes.Error(rpctypes.ErrGRPCCompacted), ClassCompacted, true},
+		{status.Error(codes.OutOfRange, "etcdserver: mvcc: required revision has been compacted"), ClassCompacted, true},
+		// A read ahead of the member: never asked for, so a bug.
+		{rpctypes.ErrFutureRev, ClassUnexpected, false},
 		{status.Error(codes.Internal, "boom"), ClassUnexpected, false},
 		{status.Error(codes.Unknown, "raft proposal dropped"), ClassNoLeader, true},
 		{status.Error(codes.Unknown, "mystery"), ClassUnexpected, false},

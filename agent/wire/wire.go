@@ -156,6 +156,14 @@ type Status struct {
 	// says why not when it is false.
 	Failpoints       bool
 	FailpointsReason string
+
+	// EtcdVersion is the release of the agent's etcd binary as
+	// `etcd --version` printed it when the agent started ("3.5.15"; parse
+	// it with ParseEtcdVersion), so that the caller can pass only flags
+	// that release knows. Empty if it could not be learned; then
+	// EtcdVersionError says why.
+	EtcdVersion      string
+	EtcdVersionError string
 }
 
 // Failpoint is one gofail failpoint of the running etcd.

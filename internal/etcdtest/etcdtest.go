@@ -32,6 +32,11 @@ import (
 // EnvBinary names the environment variable that overrides the etcd binary.
 const EnvBinary = "ETCD_BIN"
 
+// EnvBinDir names the environment variable that overrides where
+// ReleaseBinary looks for per-release binaries (default: bin/ under the
+// module root, where `make etcd ETCD_VERSION=vX.Y.Z` puts them).
+const EnvBinDir = "ETCD_BIN_DIR"
+
 const (
 	// stopGrace is how long Stop waits after SIGTERM before SIGKILL. A member
 	// that has lost quorum takes ~6 s to exit on SIGTERM; tests do not need
@@ -51,12 +56,17 @@ const (
 type Option func(*config)
 
 type config struct {
+	binary        string
 	snapshotCount uint64
 	heartbeat     time.Duration
 	election      time.Duration
 	healthTimeout time.Duration
 	extraArgs     []string
 }
+
+// WithBinary runs the etcd binary at path instead of Binary()'s, e.g. one
+// from ReleaseBinary.
+func WithBinary(path string) Option { return func(c *config) { c.binary = path } }
 
 // WithSnapshotCount sets etcd's --snapshot-count.
 func WithSnapshotCount(n uint64) Option { return func(c *config) { c.snapshotCount = n } }
@@ -86,21 +96,53 @@ func Binary() (string, error) {
 		}
 		return p, nil
 	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", fmt.Errorf("%w; set $%s", err, EnvBinary)
+	}
+	p := filepath.Join(root, "bin", "etcd")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("etcd binary %s: %w (run `make etcd` or set $%s)", p, err, EnvBinary)
+	}
+	return p, nil
+}
+
+// ReleaseBinary returns the binary of etcd release version ("v3.6.16") as
+// `make etcd ETCD_VERSION=v3.6.16` leaves it: etcd-v3.6.16 in $ETCD_BIN_DIR,
+// or in bin/ under the module root. The error says how to build it.
+func ReleaseBinary(version string) (string, error) {
+	if !strings.HasPrefix(version, "v") || strings.ContainsAny(version, "/\\") {
+		return "", fmt.Errorf("etcd release %q: want vX.Y.Z such as v3.6.16", version)
+	}
+	dir := os.Getenv(EnvBinDir)
+	if dir == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			return "", fmt.Errorf("%w; set $%s", err, EnvBinDir)
+		}
+		dir = filepath.Join(root, "bin")
+	}
+	p := filepath.Join(dir, "etcd-"+version)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("etcd %s binary %s: %w (build it with `make etcd ETCD_VERSION=%s`, or set $%s)", version, p, err, version, EnvBinDir)
+	}
+	return p, nil
+}
+
+// moduleRoot is the first directory upwards from the working directory
+// that holds go.mod.
+func moduleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("find module root: %w", err)
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			p := filepath.Join(dir, "bin", "etcd")
-			if _, err := os.Stat(p); err != nil {
-				return "", fmt.Errorf("etcd binary %s: %w (run `make etcd` or set $%s)", p, err, EnvBinary)
-			}
-			return p, nil
+			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("no go.mod above the working directory; set $%s", EnvBinary)
+			return "", errors.New("no go.mod above the working directory")
 		}
 		dir = parent
 	}
@@ -143,13 +185,16 @@ func StartCluster(t testing.TB, n int, opts ...Option) *Cluster {
 	if n < 1 {
 		t.Fatalf("etcdtest: cluster size %d: must be at least 1", n)
 	}
-	bin, err := Binary()
-	if err != nil {
-		t.Skipf("etcdtest: no etcd binary, skipping: %v", err)
-	}
 	cfg := config{healthTimeout: 30 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
+	}
+	bin := cfg.binary
+	if bin == "" {
+		var err error
+		if bin, err = Binary(); err != nil {
+			t.Skipf("etcdtest: no etcd binary, skipping: %v", err)
+		}
 	}
 	base := t.TempDir()
 	var lastErr error
