@@ -65,24 +65,16 @@ docker-e2e: build
 check-clean:
 	@tools/check-clean $(BIN)
 
-# FAILPOINTS=1 makes bin/etcd a build of etcd with gofail failpoints
-# (bin/etcd-VERSION-failpoints, by tools/etcd/failpoints.sh, which works in
-# the ignored build/failpoints/), for the FAILPOINTS cases. VERSION is
-# $(ETCD_VERSION) if set, else the release pinned in tools/etcd/go.mod.
-# FAILPOINTS=0 makes bin/etcd a normal build again; without FAILPOINTS,
-# bin/etcd stays whichever it is.
+# FAILPOINTS=1 makes bin/etcd a build of $(ETCD_VERSION) with gofail
+# failpoints (bin/etcd-vX.Y.Z-failpoints, by tools/etcd/failpoints.sh, which
+# works in the ignored build/failpoints/), for the FAILPOINTS cases: e.g.
+# make run FAILPOINTS=1 ARGS='-cases FAILPOINTS'. Built once, kept.
 FAILPOINTS ?=
 ifeq ($(FAILPOINTS),1)
-FAILPOINTS_VERSION := $(or $(ETCD_VERSION),$(shell sed -n 's,^require go.etcd.io/etcd/server/v3 ,,p' tools/etcd/go.mod))
-FAILPOINTS_ETCD := $(BIN)/etcd-$(FAILPOINTS_VERSION)-failpoints
+FAILPOINTS_ETCD := $(BIN)/etcd-$(ETCD_VERSION)-failpoints
 override ETCD := $(FAILPOINTS_ETCD)
-.PHONY: $(BIN)/etcd
-$(BIN)/etcd: $(FAILPOINTS_ETCD)
 $(FAILPOINTS_ETCD): tools/etcd/failpoints.sh
-	tools/etcd/failpoints.sh $(FAILPOINTS_VERSION) $@
-endif
-ifeq ($(FAILPOINTS),0)
-.PHONY: $(BIN)/etcd
+	tools/etcd/failpoints.sh $(ETCD_VERSION) $@
 endif
 
 # bin/etcd is the binary everything runs (agents, tests, the docker image):
@@ -93,7 +85,7 @@ endif
 # tools/etcd/versions/$(ETCD_VERSION).mod and .sum: every dependency pinned,
 # raised where an old release's pins no longer build with this Go.
 ETCD_MODFILE := tools/etcd/versions/$(ETCD_VERSION).mod
-etcd: $(if $(ETCD),,$(BIN)/etcd-$(ETCD_VERSION))
+etcd: $(if $(ETCD),$(FAILPOINTS_ETCD),$(BIN)/etcd-$(ETCD_VERSION))
 	@mkdir -p $(BIN)
 ifneq ($(ETCD),)
 	rm -f $(BIN)/etcd

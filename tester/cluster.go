@@ -55,6 +55,9 @@ type Member struct {
 	// peers, ListenPeerURL listened on (PeerURL's port + 1 behind the
 	// agent's proxy with -peer-proxy, else PeerURL).
 	ClientURL, PeerURL, ListenPeerURL string
+	// EtcdVersion is the release of the agent's etcd binary, learned from
+	// its Status before the first start; it decides the member's flags.
+	EtcdVersion wire.EtcdVersion
 
 	agent client.Agent
 	cli   *clientv3.Client // pinned to ClientURL alone
@@ -184,6 +187,10 @@ func (c *Cluster) AgentStatuses(ctx context.Context, timeout time.Duration) ([]w
 		return c.agentCall(ctx, i, timeout, "status of", func(ctx context.Context, a client.Agent) error {
 			st, err := a.Status(ctx)
 			sts[i] = st
+			if err == nil {
+				// The member's flags depend on its binary's release.
+				c.members[i].EtcdVersion, err = StatusEtcdVersion(a.Endpoint(), st)
+			}
 			return err
 		})
 	})
@@ -257,7 +264,7 @@ func (c *Cluster) Archive(ctx context.Context, label string) (map[string]string,
 
 // args is member m's etcd command line; the agent adds --data-dir.
 func (c *Cluster) args(m *Member, state, initialCluster string) []string {
-	return []string{
+	return append([]string{
 		"--name", m.Name,
 		"--listen-client-urls", m.ClientURL,
 		"--advertise-client-urls", m.ClientURL,
@@ -266,10 +273,18 @@ func (c *Cluster) args(m *Member, state, initialCluster string) []string {
 		"--initial-cluster", initialCluster,
 		"--initial-cluster-token", c.token,
 		"--initial-cluster-state", state,
-		"--heartbeat-interval", strconv.FormatInt(c.cfg.HeartbeatInterval.Milliseconds(), 10),
-		"--election-timeout", strconv.FormatInt(c.cfg.ElectionTimeout.Milliseconds(), 10),
-		"--snapshot-count", strconv.Itoa(c.cfg.SnapshotCount),
-		"--snapshot-catchup-entries", strconv.Itoa(c.cfg.SnapshotCatchupEntries),
+	}, EtcdFlags(m.EtcdVersion, c.etcdSettings())...)
+}
+
+// etcdSettings are the tuning settings every member gets, whatever its
+// release calls them.
+func (c *Cluster) etcdSettings() EtcdSettings {
+	return EtcdSettings{
+		HeartbeatInterval:      c.cfg.HeartbeatInterval,
+		ElectionTimeout:        c.cfg.ElectionTimeout,
+		SnapshotCount:          c.cfg.SnapshotCount,
+		SnapshotCatchupEntries: c.cfg.SnapshotCatchupEntries,
+		CorruptCheck:           c.cfg.EtcdCorruptCheck,
 	}
 }
 

@@ -66,6 +66,10 @@ type Config struct {
 	// StressWarmup is how long the load runs before the fault, so that
 	// the fault hits a busy cluster rather than one still connecting.
 	StressWarmup time.Duration
+	// EtcdCorruptCheck starts members with etcd's own corruption checks
+	// on: the initial check, and the leader's check of the followers'
+	// hashes after each compaction (spelled as each release wants).
+	EtcdCorruptCheck bool
 	// SnapshotCount and SnapshotCatchupEntries are passed to etcd; small
 	// values make the UNTIL_TRIGGER_SNAPSHOT cases short.
 	SnapshotCount, SnapshotCatchupEntries int
@@ -116,6 +120,7 @@ func DefaultConfig() Config {
 		Stresser:               stresser.DefaultConfig(),
 		ConsistencyCheck:       true,
 		WatchCheck:             true,
+		EtcdCorruptCheck:       true,
 		HeartbeatInterval:      100 * time.Millisecond,
 		ElectionTimeout:        time.Second,
 		CaseDelay:              3 * time.Second,

@@ -33,7 +33,7 @@ type fakeAgent struct {
 }
 
 func newFakeAgent(ep, backend string) *fakeAgent {
-	return &fakeAgent{ep: ep, st: wire.Status{State: wire.StateUninitialized, NetworkBackend: backend},
+	return &fakeAgent{ep: ep, st: wire.Status{State: wire.StateUninitialized, NetworkBackend: backend, EtcdVersion: "3.7.3"},
 		fail: map[string]error{}, lost: map[string]bool{}}
 }
 

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,14 +24,16 @@ type Report struct {
 	Interrupted bool  `json:"interrupted"`
 	// Error is what ended the run early, if anything did (a cluster that
 	// could not be re-bootstrapped, -exit-on-failure, an interrupt).
-	Error                  string        `json:"error,omitempty"`
-	Started                time.Time     `json:"started"`
-	Finished               time.Time     `json:"finished,omitzero"`
-	RecoveryTimeoutSeconds float64       `json:"recovery_timeout_seconds"`
-	Agents                 []string      `json:"agents"`
-	Schedule               []string      `json:"schedule"` // the cases of one round, in order
-	Rounds                 []RoundResult `json:"rounds"`
-	Skipped                []Skip        `json:"skipped"`
+	Error                  string    `json:"error,omitempty"`
+	Started                time.Time `json:"started"`
+	Finished               time.Time `json:"finished,omitzero"`
+	RecoveryTimeoutSeconds float64   `json:"recovery_timeout_seconds"`
+	Agents                 []string  `json:"agents"`
+	// EtcdVersions maps each member to its etcd binary's release.
+	EtcdVersions map[string]string `json:"etcd_versions,omitempty"`
+	Schedule     []string          `json:"schedule"` // the cases of one round, in order
+	Rounds       []RoundResult     `json:"rounds"`
+	Skipped      []Skip            `json:"skipped"`
 	// Unhealed lists the faults that could not be undone at the end.
 	Unhealed []string `json:"unhealed,omitempty"`
 }
@@ -156,6 +160,14 @@ func (r *Report) summary(w io.Writer) {
 		}
 	}
 	tw.Flush()
+	if len(r.EtcdVersions) > 0 {
+		names := slices.Sorted(maps.Keys(r.EtcdVersions))
+		parts := make([]string, len(names))
+		for i, n := range names {
+			parts[i] = n + " " + r.EtcdVersions[n]
+		}
+		fmt.Fprintf(w, "etcd: %s\n", strings.Join(parts, ", "))
+	}
 	for _, s := range r.Skipped {
 		fmt.Fprintf(w, "skipped %s: %s\n", s.Case, s.Reason)
 	}

@@ -168,6 +168,16 @@ func (t *tester) setup(ctx context.Context) error {
 	for i, st := range sts {
 		backends[i] = st.NetworkBackend
 	}
+	t.report.EtcdVersions = map[string]string{}
+	var versions []string
+	for _, m := range c.members {
+		t.report.EtcdVersions[m.Name] = m.EtcdVersion.String()
+		versions = append(versions, m.Name+" "+m.EtcdVersion.String())
+		for _, note := range EtcdFlagNotes(m.EtcdVersion, c.etcdSettings()) {
+			plog.Noticef("%s: %s", m.Name, note)
+		}
+	}
+	plog.Infof("etcd versions: %s", strings.Join(versions, ", "))
 	var skipped []Skip
 	t.cases, skipped, err = s.selectCases(backends)
 	t.report.Skipped = append(t.report.Skipped, skipped...)
