@@ -114,6 +114,7 @@ type Agent struct {
 	dropped          []int
 	latency, jitter  time.Duration
 	lastArchive      string
+	lastExit         exitStatus // how the last etcd process ended (exit.go)
 }
 
 // New checks cfg, prepares the base dir, removes network faults an earlier
@@ -398,6 +399,7 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 		return 0, err
 	}
 	a.mu.Lock()
+	a.noteExitLocked()
 	a.proc, a.args, a.state = p, args, wire.StateStarted
 	a.save()
 	err = a.ensureProxy()
@@ -475,6 +477,7 @@ func (a *Agent) stop(p *process, steps []stopStep) error {
 		return err
 	}
 	a.lastStopSignal, a.lastStopDuration = sig, took
+	a.noteExitLocked()
 	if a.state != wire.StateTerminated {
 		a.state = wire.StateStopped
 	}
@@ -837,6 +840,7 @@ func (a *Agent) statusLocked() wire.Status {
 		LatencyJitter:    a.jitter,
 		LastArchive:      a.lastArchive,
 	}
+	a.exitFieldsLocked(&st)
 	if p := a.proc; p != nil && !p.exited() {
 		st.Pid, st.Adopted = p.pid, p.adopted
 	}

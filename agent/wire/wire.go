@@ -79,6 +79,22 @@ type Status struct {
 	// signal to the process being reaped.
 	LastStopDuration time.Duration
 
+	// LastExit says how the last etcd process that ended did, for humans:
+	// "exit code 0", "killed by SIGTERM", "killed by SIGABRT (core
+	// dumped)", or "unknown (...)" for a process this agent adopted and so
+	// cannot reap. Empty if none has ended since the agent started; then
+	// LastExitCode and LastExitSignal mean nothing. It is set by every stop
+	// or kill and by an exit of etcd's own.
+	LastExit string
+	// LastExitCode is the exit code, or -1 if a signal killed the process
+	// or the status is unknown.
+	LastExitCode int
+	// LastExitSignal is the signal that killed the process ("SIGTERM",
+	// "SIGKILL", ...), empty if it exited. etcd ends a graceful shutdown on
+	// SIGTERM or SIGINT by raising the signal again, so a clean stop reads
+	// LastStopSignal "SIGTERM" with LastExitSignal "SIGTERM".
+	LastExitSignal string
+
 	Args []string // the arguments of the last start
 
 	NetworkBackend string // BackendIPTables or BackendProxy
