@@ -114,6 +114,7 @@ type Agent struct {
 	dropped          []int
 	latency, jitter  time.Duration
 	lastArchive      string
+	out              outbound   // the member's outbound peer connections (delay.go)
 	lastExit         exitStatus // how the last etcd process ended (exit.go)
 }
 
@@ -132,6 +133,9 @@ func New(cfg Config) (*Agent, error) {
 		if err := a.isolator.Reset(); err != nil {
 			return nil, fmt.Errorf("remove leftover network faults: %w", err)
 		}
+	}
+	if err := a.initOutbound(); err != nil {
+		return nil, err
 	}
 	if err := a.recover(); err != nil {
 		return nil, err
@@ -289,6 +293,9 @@ func (a *Agent) recover() error {
 			if err := a.ensureProxy(); err != nil {
 				plog.Errorf("adopted etcd pid %d: %v", p.pid, err)
 			}
+			if err := a.ensureOutboundLocked(a.args); err != nil {
+				plog.Errorf("adopted etcd pid %d: %v", p.pid, err)
+			}
 		}
 	} else if a.state == wire.StateStarted || a.state == wire.StatePaused {
 		a.state = wire.StateStopped
@@ -320,6 +327,7 @@ func (a *Agent) Close() error {
 		errs = append(errs, a.proxy.Close())
 		a.proxy = nil
 	}
+	a.closeOutboundLocked()
 	a.save()
 	a.mu.Unlock()
 	return errors.Join(errs...)
@@ -392,6 +400,12 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 			}
 		}
 	}
+	a.mu.Lock()
+	err := a.ensureOutboundLocked(args) // before etcd dials its peers
+	a.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
 	logPath := filepath.Join(a.cfg.BaseDir, logFile)
 	logStart := fileSize(logPath)
 	p, err := startProcess(a.cfg.EtcdPath, args, a.cfg.BaseDir, logPath)
@@ -403,6 +417,12 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 	a.proc, a.args, a.state = p, args, wire.StateStarted
 	a.save()
 	err = a.ensureProxy()
+	if err == nil {
+		err = a.ensureOutboundLocked(args) // again if ensureProxy replaced the proxy
+	}
+	if err != nil {
+		a.closeOutboundLocked() // no proxy: no latency to carry
+	}
 	a.mu.Unlock()
 	if err != nil {
 		a.stop(p, a.ladder())
@@ -675,6 +695,7 @@ func (a *Agent) closeProxyLocked() {
 	}
 	a.dropped = a.droppedWithout(a.proxyPort())
 	a.latency, a.jitter, a.proxy = 0, 0, nil
+	a.closeOutboundLocked()
 }
 
 func (a *Agent) proxyPort() int {
@@ -781,8 +802,12 @@ func (a *Agent) SetLatency(latency, jitter time.Duration) error {
 	if err := a.proxy.SetLatency(latency, jitter); err != nil {
 		return err
 	}
+	if err := a.setOutboundLatencyLocked(latency, jitter); err != nil {
+		a.proxy.RemoveLatency()
+		return err
+	}
 	a.latency, a.jitter = latency, jitter
-	plog.Infof("peer traffic delayed by %v ± %v", latency, jitter)
+	plog.Infof("peer traffic delayed by %v ± %v (%s)", latency, jitter, a.delayDirectionsLocked())
 	return nil
 }
 
@@ -798,6 +823,9 @@ func (a *Agent) RemoveLatency() error {
 		return errors.New("no latency to remove: etcd does not run behind the peer proxy")
 	}
 	if err := a.proxy.RemoveLatency(); err != nil {
+		return err
+	}
+	if err := a.setOutboundLatencyLocked(0, 0); err != nil {
 		return err
 	}
 	a.latency, a.jitter = 0, 0
@@ -816,6 +844,7 @@ func (a *Agent) healNetwork() error {
 	if a.proxy != nil {
 		errs = append(errs, a.proxy.Reset())
 	}
+	errs = append(errs, a.setOutboundLatencyLocked(0, 0))
 	a.dropped, a.latency, a.jitter = nil, 0, 0
 	return errors.Join(errs...)
 }
@@ -838,6 +867,7 @@ func (a *Agent) statusLocked() wire.Status {
 		DroppedPorts:     slices.Clone(a.dropped),
 		Latency:          a.latency,
 		LatencyJitter:    a.jitter,
+		DelayDirections:  a.delayDirectionsLocked(),
 		LastArchive:      a.lastArchive,
 	}
 	a.exitFieldsLocked(&st)

@@ -77,17 +77,24 @@ func TestStopReportsExitStatus(t *testing.T) {
 // TestRealEtcdSIGTERMStatus stops the real etcd and checks what a clean
 // graceful stop looks like in Status: ended by SIGTERM, and killed by
 // SIGTERM, since etcd raises the signal again once it has shut down (it
-// exits 0 only as pid 1).
+// exits 0 only as pid 1). It also checks that a member behind the loopback
+// proxy says its latency reaches inbound connections only.
 func TestRealEtcdSIGTERMStatus(t *testing.T) {
 	t.Parallel()
 	s := serve(t, agent.Config{EtcdPath: etcdBinary(t)})
 	c := s.client(t, client.Config{})
 	ctx := context.Background()
+	if st := expectServing(t, c); st.DelayDirections != "" {
+		t.Errorf("before start: DelayDirections %q, want empty (no peer proxy)", st.DelayDirections)
+	}
 	m := newMember(t, "exitstatus", true)
 	if _, err := c.Start(ctx, m.args); err != nil {
 		t.Fatal(err)
 	}
 	waitHealthy(t, m.clientURL())
+	if st := expectServing(t, c); st.DelayDirections != wire.DelayInbound || st.NetworkBackend != wire.BackendProxy {
+		t.Errorf("behind the loopback proxy: DelayDirections %q (backend %s), want %q", st.DelayDirections, st.NetworkBackend, wire.DelayInbound)
+	}
 	if err := c.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,19 @@ const (
 	BackendProxy    = "proxy"    // the agent's own TCP proxy in front of the peer port
 )
 
+// Values of Status.DelayDirections.
+const (
+	// DelayBoth: latency delays all of the member's peer traffic, on the
+	// connections other members dial to it and on those it dials to them,
+	// each way, as netem on its interface would.
+	DelayBoth = "both"
+	// DelayInbound: latency delays only the connections other members dial
+	// to the member (each way), not those it dials to them, over which the
+	// others send it most of their messages (a leader's heartbeats to a
+	// follower among them).
+	DelayInbound = "inbound"
+)
+
 // Limits on fault arguments.
 const (
 	MaxLatency = 60 * time.Second
@@ -102,6 +115,10 @@ type Status struct {
 	DroppedPorts   []int  // ports currently isolated
 	Latency        time.Duration
 	LatencyJitter  time.Duration
+	// DelayDirections is which of the member's peer traffic Latency
+	// reaches: DelayBoth or DelayInbound; empty without the peer proxy
+	// (no latency possible).
+	DelayDirections string
 
 	LastArchive string // directory of the last Cleanup or Archive, empty if none
 	// Adopted is true when the process was started by an earlier agent
