@@ -20,20 +20,21 @@ func TestStopReportsExitStatus(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name, mode string
+		termWait   time.Duration // SigtermWait: short to climb the ladder, long to give SIGTERM its chance
 		stop       func(client.Agent, context.Context) error
 		wantStop   string // LastStopSignal
 		wantExit   string // LastExit
 		wantCode   int
 		wantSignal string
 	}{
-		{"IgnoringTermAndIntIsKilled", modeIgnoreTermInt, client.Agent.Stop, "SIGKILL", "killed by SIGKILL", -1, "SIGKILL"},
-		{"IgnoringTermExitsOnInt", modeIgnoreTerm, client.Agent.Stop, "SIGINT", "exit code 0", 0, ""},
-		{"ExitingNonZeroOnTerm", modeExit3OnTerm, client.Agent.Stop, "SIGTERM", "exit code 3", 3, ""},
-		{"Kill", modeIgnoreTerm, client.Agent.Kill, "SIGKILL", "killed by SIGKILL", -1, "SIGKILL"},
+		{"IgnoringTermAndIntIsKilled", modeIgnoreTermInt, wait, client.Agent.Stop, "SIGKILL", "killed by SIGKILL", -1, "SIGKILL"},
+		{"IgnoringTermExitsOnInt", modeIgnoreTerm, wait, client.Agent.Stop, "SIGINT", "exit code 0", 0, ""},
+		{"ExitingNonZeroOnTerm", modeExit3OnTerm, 20 * time.Second, client.Agent.Stop, "SIGTERM", "exit code 3", 3, ""},
+		{"Kill", modeIgnoreTerm, wait, client.Agent.Kill, "SIGKILL", "killed by SIGKILL", -1, "SIGKILL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			s := serve(t, agent.Config{EtcdPath: testBinary(t), SigtermWait: wait, SigintWait: wait})
+			s := serve(t, agent.Config{EtcdPath: testBinary(t), SigtermWait: tc.termWait, SigintWait: wait})
 			c := s.client(t, client.Config{})
 			if _, err := c.Start(ctx, []string{tc.mode}); err != nil {
 				t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -29,20 +28,7 @@ func twoHosts(t *testing.T) (target, other *netnstest.NS) {
 	if _, err := target.IPTables("-t", "nat", "-S"); err != nil {
 		t.Skipf("no nat table in a namespace here: %v", err)
 	}
-	// Created inside the target's namespace with its peer in the other's,
-	// so that the names never exist on the host; deleting the namespaces
-	// deletes the pair.
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	ip("-n", target.Name, "link", "add", "dlv0", "type", "veth", "peer", "name", "dlv1", "netns", other.Name)
-	ip("-n", target.Name, "addr", "add", dlTargetIP+"/30", "dev", "dlv0")
-	ip("-n", other.Name, "addr", "add", dlOtherIP+"/30", "dev", "dlv1")
-	ip("-n", target.Name, "link", "set", "dlv0", "up")
-	ip("-n", other.Name, "link", "set", "dlv1", "up")
+	netnstest.Link(t, target, other, dlTargetIP+"/30", dlOtherIP+"/30")
 	return target, other
 }
 
