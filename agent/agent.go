@@ -140,6 +140,9 @@ func New(cfg Config) (*Agent, error) {
 	if err := a.recover(); err != nil {
 		return nil, err
 	}
+	if err := a.removeStaleOutbound(); err != nil {
+		return nil, err
+	}
 	plog.Infof("agent ready: etcd %s, base dir %s, network faults by %s", cfg.EtcdPath, cfg.BaseDir, a.backend)
 	return a, nil
 }

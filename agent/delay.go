@@ -28,8 +28,7 @@ type outbound struct {
 }
 
 // initOutbound decides whether the member's outbound peer connections can
-// be delayed here, and removes a redirect an earlier agent left behind.
-// It needs the iptables backend run by the agent's own "iptables" (with
+// be delayed here. It needs the iptables backend run by the agent's own "iptables" (with
 // IPTablesCommand the rules apply to another namespace than the one the
 // agent's sockets live in, where a REDIRECT to its proxy cannot work) and
 // the nat table.
@@ -45,16 +44,26 @@ func (a *Agent) initOutbound() error {
 		plog.Warningf("latency will delay only connections into the member: %v", err)
 		return nil
 	}
-	// A dead agent's redirect sends etcd's new connections to a port no
-	// one listens on: remove it before anything else.
-	if err := r.Reset(); err != nil {
-		return fmt.Errorf("remove a leftover outbound redirect: %w", err)
-	}
 	if len(a.cfg.IPTablesCommand) > 0 {
 		a.out.why = fmt.Sprintf("iptables runs as %q, in another namespace than the agent's sockets", a.cfg.IPTablesCommand)
 		return nil
 	}
 	a.out.redirect = r
+	return nil
+}
+
+// removeStaleOutbound removes a redirect an earlier agent left behind,
+// which sends etcd's new peer connections to a port no one serves, unless
+// recover has already replaced it (in place, without a gap through which
+// the adopted etcd could connect around the proxy) for the etcd it
+// adopted.
+func (a *Agent) removeStaleOutbound() error {
+	if a.out.redirect == nil || a.out.proxy != nil {
+		return nil
+	}
+	if err := a.out.redirect.Reset(); err != nil {
+		return fmt.Errorf("remove a leftover outbound redirect: %w", err)
+	}
 	return nil
 }
 

@@ -161,6 +161,19 @@ func TestAgentDelaysBothDirections(t *testing.T) {
 		t.Errorf("after a successor replaced a dead agent's redirect: %d jumps and %d REDIRECT rules, want 1 and 1:\n%s", n, m, nat)
 	}
 	waitPuts(t, hc, urls) // etcd reconnects through the new proxies
+	// Its connections made since go through the successor's proxies: a
+	// gap between the old redirect and the new would have let etcd
+	// connect around them, for good.
+	leader = leaderURL(t, hc, urls)
+	if err := c.SetLatency(ctx, delay, 0); err != nil {
+		t.Fatal(err)
+	}
+	if lo, hi := measure("adopted, delay " + delay.String()); lo < 2*delay*8/10 || hi > 2*delay+time.Second {
+		t.Errorf("successor agent, delay %v both ways: puts took %v to %v, want about %v", delay, lo, hi, 2*delay)
+	}
+	if err := c.RemoveLatency(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	// A clean shutdown stops etcd and removes every rule.
 	agentCmd.Process.Signal(syscall.SIGTERM)

@@ -152,7 +152,10 @@ func (r *OutboundRedirect) Available() error {
 // Install makes the chain redirect new TCP connections to any of ports
 // (other than to this host's own addresses, and other than the proxy's
 // own) to toPort on this host. Rules already as wanted are left alone, so
-// that installing twice changes nothing; other rules are replaced.
+// that installing twice changes nothing. Other rules, such as a dead
+// agent's redirect to its port, are replaced without a gap: the new
+// redirect is added before the old one goes, so that no connection made
+// meanwhile bypasses the proxy (for as long as it lives).
 func (r *OutboundRedirect) Install(ports []int, toPort int) error {
 	if len(ports) == 0 {
 		return errors.New("netfault: redirect: no ports")
@@ -169,19 +172,33 @@ func (r *OutboundRedirect) Install(ports []int, toPort int) error {
 		return err
 	}
 	chain := r.ipt.chain
-	want := redirectRules(ports, toPort)
-	if !slices.Equal(st.rules[chain], joinRules(want)) {
-		if st.chains[chain] {
-			if _, err := r.nat("-F", chain); err != nil {
-				return fmt.Errorf("netfault: redirect: flush %s: %w", chain, err)
-			}
-		} else if _, err := r.nat("-N", chain); err != nil {
+	if !st.chains[chain] {
+		if _, err := r.nat("-N", chain); err != nil {
 			return fmt.Errorf("netfault: redirect: create chain %s: %w", chain, err)
 		}
-		for _, rule := range want {
-			if _, err := r.nat(append([]string{"-A", chain}, rule...)...); err != nil {
-				return fmt.Errorf("netfault: redirect: %w", err)
-			}
+	}
+	want := redirectRules(ports, toPort)
+	have := st.rules[chain]
+	// The exemptions first, at the top, then the redirects, then away
+	// with whatever else the chain holds.
+	for i, rule := range want {
+		if slices.Contains(have, strings.Join(rule, " ")) {
+			continue
+		}
+		args := append([]string{"-A", chain}, rule...)
+		if i < 2 {
+			args = append([]string{"-I", chain, strconv.Itoa(i + 1)}, rule...)
+		}
+		if _, err := r.nat(args...); err != nil {
+			return fmt.Errorf("netfault: redirect: %w", err)
+		}
+	}
+	for _, rule := range have {
+		if slices.Contains(joinRules(want), rule) {
+			continue
+		}
+		if _, err := r.nat(append([]string{"-D", chain}, strings.Fields(rule)...)...); err != nil && !isNotExist(err) {
+			return fmt.Errorf("netfault: redirect: remove stale rule %q: %w", rule, err)
 		}
 	}
 	if !st.has("OUTPUT", []string{"-j", chain}) {
@@ -189,7 +206,9 @@ func (r *OutboundRedirect) Install(ports []int, toPort int) error {
 			return fmt.Errorf("netfault: redirect: jump from OUTPUT to %s: %w", chain, err)
 		}
 	}
-	plog.Infof("iptables: outbound TCP to ports %v redirected to 127.0.0.1:%d (nat chain %s)", ports, toPort, chain)
+	if !slices.Equal(have, joinRules(want)) {
+		plog.Infof("iptables: outbound TCP to ports %v redirected to 127.0.0.1:%d (nat chain %s)", ports, toPort, chain)
+	}
 	return nil
 }
 

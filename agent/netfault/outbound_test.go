@@ -217,8 +217,9 @@ func TestDelayReachesBothDirectionsInNamespaces(t *testing.T) {
 }
 
 // TestOutboundRedirectResetRemovesLeftovers installs the redirect as a
-// dead agent would have left it and checks that a new redirect of the same
-// chain removes it at once, and that Install twice is a no-op.
+// dead agent would have left it and checks that Install twice is a no-op,
+// that a successor's Install replaces the dead one's rules, and that a
+// successor's Reset removes them all.
 func TestOutboundRedirectResetRemovesLeftovers(t *testing.T) {
 	ns := netnstest.New(t, "dl")
 	if _, err := ns.IPTables("-t", "nat", "-S"); err != nil {
@@ -245,6 +246,23 @@ func TestOutboundRedirectResetRemovesLeftovers(t *testing.T) {
 	}
 	if n := strings.Count(got, "REDIRECT"); n != 2 {
 		t.Errorf("after Install twice, %d REDIRECT rules, want 2:\n%s", n, got)
+	}
+	// A successor that adopts the member replaces the redirect in place.
+	successor := newRedirect()
+	if err := successor.Install([]int{2380, 12380}, 40001); err != nil {
+		t.Fatal(err)
+	}
+	chain := testChainPrefix + "-LEFT"
+	want := slices.Concat(netnstest.Lines(pristine), []string{
+		"-N " + chain,
+		"-A OUTPUT -j " + chain,
+		fmt.Sprintf("-A %s -m mark --mark %#x -j RETURN", chain, OutboundMark),
+		"-A " + chain + " -m addrtype --dst-type LOCAL -j RETURN",
+		"-A " + chain + " -p tcp -m tcp --dport 2380 -j REDIRECT --to-ports 40001",
+		"-A " + chain + " -p tcp -m tcp --dport 12380 -j REDIRECT --to-ports 40001",
+	})
+	if got, _ := ns.IPTables("-t", "nat", "-S"); !slices.Equal(netnstest.Lines(got), want) {
+		t.Errorf("nat table after a successor's Install:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
 	}
 	if err := newRedirect().Reset(); err != nil {
 		t.Fatal(err)
