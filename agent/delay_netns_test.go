@@ -142,6 +142,19 @@ func TestAgentDelaysBothDirections(t *testing.T) {
 		t.Errorf("after RemoveLatency a put takes at least %v, want well under %v", lo, delay)
 	}
 
+	// Isolation still holds with the member's outbound connections going
+	// through the proxy: its dials carry the peer port and are dropped.
+	if err := c.DropPort(ctx, 2380); err != nil {
+		t.Fatal(err)
+	}
+	if err := etcdPut(hc, leader, "isolated", "v", 3*time.Second); err == nil {
+		t.Error("a put committed while the agent's member was cut off from the other (two members: no quorum)")
+	}
+	if err := c.RecoverPort(ctx, 2380); err != nil {
+		t.Fatal(err)
+	}
+	waitPuts(t, hc, urls)
+
 	// An agent that dies leaves its redirect to a port no one serves; the
 	// next one replaces it before it adopts etcd.
 	agentCmd.Process.Kill()

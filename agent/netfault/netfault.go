@@ -40,10 +40,16 @@
 // rule added only when a delay is set would miss every stream already
 // open, and a delay would wait for etcd to reconnect. The rules are not a
 // fault: healing removes the latency, not the redirect; the agent removes
-// the redirect when it closes the proxy, and, because a dead agent's rule
-// would send the member's connections to a port no one listens on, a new
-// agent removes any leftover of its chain at start, before it installs its
-// own.
+// the redirect when it closes the proxy. A dead agent's rule would send
+// the member's new connections to a port no one serves, so the next agent
+// deals with it at start: if it adopts the member it replaces the rule in
+// place (new redirect first, then the stale one goes, so that etcd cannot
+// connect around the proxy in between), and otherwise it removes it.
+//
+// With the redirect, isolation still holds: the proxy's own dials carry
+// the other members' peer port, which the DROP rules match. A connection
+// etcd opens while isolated reaches the local proxy, and is closed when the
+// proxy's dial times out, instead of timing out itself.
 package netfault
 
 import "time"
