@@ -52,6 +52,13 @@ func TestStopReportsExitStatus(t *testing.T) {
 					tc.mode, st.LastStopSignal, st.LastExit, st.LastExitCode, st.LastExitSignal,
 					tc.wantStop, tc.wantExit, tc.wantCode, tc.wantSignal)
 			}
+			// None of these stops is graceful; the tester fails a SIGTERM
+			// case on this error.
+			if err := st.GracefulStopError(); err == nil {
+				t.Errorf("GracefulStopError() = nil for %+v", st)
+			} else {
+				t.Logf("GracefulStopError: %v", err)
+			}
 		})
 	}
 
@@ -103,5 +110,8 @@ func TestRealEtcdSIGTERMStatus(t *testing.T) {
 	if st.LastStopSignal != "SIGTERM" || st.LastExitSignal != "SIGTERM" || st.LastExit != "killed by SIGTERM" || st.LastExitCode != -1 {
 		t.Errorf("real etcd after Stop: LastStopSignal %q, LastExit %q, LastExitCode %d, LastExitSignal %q; want a clean stop: SIGTERM, killed by SIGTERM",
 			st.LastStopSignal, st.LastExit, st.LastExitCode, st.LastExitSignal)
+	}
+	if err := st.GracefulStopError(); err != nil {
+		t.Errorf("GracefulStopError() for real etcd stopped by SIGTERM: %v, want nil", err)
 	}
 }
