@@ -39,7 +39,11 @@ func (a *Agent) initOutbound() error {
 		return nil
 	}
 	r := netfault.NewOutboundRedirect(ipt)
-	if err := r.Available(); err != nil {
+	err := r.Available()
+	if err == nil {
+		err = netfault.CanMark()
+	}
+	if err != nil {
 		a.out.why = err.Error()
 		plog.Warningf("latency will delay only connections into the member: %v", err)
 		return nil

@@ -65,6 +65,21 @@ func MarkedDialer(mark int) DialFunc {
 	return d.DialContext
 }
 
+// CanMark reports why this process cannot set OutboundMark on a socket
+// (SO_MARK needs CAP_NET_ADMIN), if it cannot: without the mark every dial
+// of the outbound proxy would be redirected back to it.
+func CanMark() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("netfault: socket: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, OutboundMark); err != nil {
+		return fmt.Errorf("netfault: set SO_MARK (needs CAP_NET_ADMIN): %w", err)
+	}
+	return nil
+}
+
 // newOutboundProxy serves ln as the outbound proxy, dialling with dial
 // (tests dial inside a network namespace).
 func newOutboundProxy(ln net.Listener, dial DialFunc) *Proxy {
