@@ -871,6 +871,7 @@ func (a *Agent) statusLocked() wire.Status {
 		Latency:          a.latency,
 		LatencyJitter:    a.jitter,
 		DelayDirections:  a.delayDirectionsLocked(),
+		DelayInboundWhy:  a.delayInboundWhyLocked(),
 		LastArchive:      a.lastArchive,
 	}
 	a.exitFieldsLocked(&st)

@@ -139,6 +139,17 @@ func (a *Agent) setOutboundLatencyLocked(latency, jitter time.Duration) error {
 	return a.out.proxy.SetLatency(latency, jitter)
 }
 
+// delayInboundWhyLocked is wire.Status.DelayInboundWhy; a.mu held.
+func (a *Agent) delayInboundWhyLocked() string {
+	if a.delayDirectionsLocked() != wire.DelayInbound {
+		return ""
+	}
+	if a.out.why == "" {
+		return "the outbound redirect is not installed"
+	}
+	return a.out.why
+}
+
 // delayDirectionsLocked is wire.Status.DelayDirections; a.mu held.
 func (a *Agent) delayDirectionsLocked() string {
 	switch {

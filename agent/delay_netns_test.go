@@ -98,8 +98,8 @@ func TestAgentDelaysBothDirections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.DelayDirections != wire.DelayBoth {
-		t.Fatalf("agent in the member's namespace: DelayDirections %q, want %q", st.DelayDirections, wire.DelayBoth)
+	if st.DelayDirections != wire.DelayBoth || st.DelayInboundWhy != "" {
+		t.Fatalf("agent in the member's namespace: DelayDirections %q (%s), want %q", st.DelayDirections, st.DelayInboundWhy, wire.DelayBoth)
 	}
 	nat, _ := a.IPTables("-t", "nat", "-S")
 	if !strings.Contains(nat, "-A ETCD-AGENT-9027 -p tcp -m tcp --dport 2380 -j REDIRECT --to-ports") {

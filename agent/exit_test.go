@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,8 +101,8 @@ func TestRealEtcdSIGTERMStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHealthy(t, m.clientURL())
-	if st := expectServing(t, c); st.DelayDirections != wire.DelayInbound || st.NetworkBackend != wire.BackendProxy {
-		t.Errorf("behind the loopback proxy: DelayDirections %q (backend %s), want %q", st.DelayDirections, st.NetworkBackend, wire.DelayInbound)
+	if st := expectServing(t, c); st.DelayDirections != wire.DelayInbound || st.NetworkBackend != wire.BackendProxy || !strings.Contains(st.DelayInboundWhy, "peer proxy") {
+		t.Errorf("behind the loopback proxy: DelayDirections %q (backend %s, why %q), want %q and why", st.DelayDirections, st.NetworkBackend, st.DelayInboundWhy, wire.DelayInbound)
 	}
 	if err := c.Stop(ctx); err != nil {
 		t.Fatal(err)

@@ -119,6 +119,10 @@ type Status struct {
 	// reaches: DelayBoth or DelayInbound; empty without the peer proxy
 	// (no latency possible).
 	DelayDirections string
+	// DelayInboundWhy says, for humans, why DelayDirections is
+	// DelayInbound (e.g. "member etcd-1 (127.0.0.1) is in this host's
+	// network namespace: ..."); empty otherwise.
+	DelayInboundWhy string
 
 	LastArchive string // directory of the last Cleanup or Archive, empty if none
 	// Adopted is true when the process was started by an earlier agent
