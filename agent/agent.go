@@ -146,6 +146,8 @@ type Agent struct {
 	// etcdVersion and etcdVersionErr are learned once in New and never
 	// change: the agent runs one binary for its whole life.
 	etcdVersion, etcdVersionErr string
+	out                         outbound   // the member's outbound peer connections (delay.go)
+	lastExit                    exitStatus // how the last etcd process ended (exit.go)
 }
 
 // New checks cfg, prepares the base dir, removes network faults an earlier
@@ -164,7 +166,13 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("remove leftover network faults: %w", err)
 		}
 	}
+	if err := a.initOutbound(); err != nil {
+		return nil, err
+	}
 	if err := a.recover(); err != nil {
+		return nil, err
+	}
+	if err := a.removeStaleOutbound(); err != nil {
 		return nil, err
 	}
 	// A binary whose version cannot be learned still runs: the caller
@@ -345,6 +353,9 @@ func (a *Agent) recover() error {
 			if err := a.ensureProxy(); err != nil {
 				plog.Errorf("adopted etcd pid %d: %v", p.pid, err)
 			}
+			if err := a.ensureOutboundLocked(a.args); err != nil {
+				plog.Errorf("adopted etcd pid %d: %v", p.pid, err)
+			}
 		}
 	} else if a.state == wire.StateStarted || a.state == wire.StatePaused {
 		a.state = wire.StateStopped
@@ -391,6 +402,7 @@ func (a *Agent) Close() error {
 		errs = append(errs, a.proxy.Close())
 		a.proxy = nil
 	}
+	a.closeOutboundLocked()
 	a.save()
 	a.mu.Unlock()
 	return errors.Join(errs...)
@@ -463,6 +475,12 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 			}
 		}
 	}
+	a.mu.Lock()
+	err := a.ensureOutboundLocked(args) // before etcd dials its peers
+	a.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
 	logPath := filepath.Join(a.cfg.BaseDir, logFile)
 	logStart := fileSize(logPath)
 	env, err := a.etcdEnv()
@@ -474,10 +492,17 @@ func (a *Agent) start(args etcdArgs) (int, error) {
 		return 0, err
 	}
 	a.mu.Lock()
+	a.noteExitLocked()
 	a.proc, a.args, a.state = p, args, wire.StateStarted
 	a.faultStopped = false
 	a.save()
 	err = a.ensureProxy()
+	if err == nil {
+		err = a.ensureOutboundLocked(args) // again if ensureProxy replaced the proxy
+	}
+	if err != nil {
+		a.closeOutboundLocked() // no proxy: no latency to carry
+	}
 	a.mu.Unlock()
 	if err != nil {
 		a.stop(p, a.ladder())
@@ -560,6 +585,7 @@ func (a *Agent) stop(p *process, steps []stopStep) error {
 		return err
 	}
 	a.lastStopSignal, a.lastStopDuration = sig, took
+	a.noteExitLocked()
 	if a.state != wire.StateTerminated {
 		a.state = wire.StateStopped
 	}
@@ -760,6 +786,7 @@ func (a *Agent) closeProxyLocked() {
 	}
 	a.dropped = a.droppedWithout(a.proxyPort())
 	a.latency, a.jitter, a.proxy = 0, 0, nil
+	a.closeOutboundLocked()
 }
 
 func (a *Agent) proxyPort() int {
@@ -867,11 +894,15 @@ func (a *Agent) SetLatency(latency, jitter time.Duration) error {
 	if err := a.proxy.SetLatency(latency, jitter); err != nil {
 		return err
 	}
+	if err := a.setOutboundLatencyLocked(latency, jitter); err != nil {
+		a.proxy.RemoveLatency()
+		return err
+	}
 	a.latency, a.jitter = latency, jitter
 	if latency > 0 {
 		a.extendLeaseLocked()
 	}
-	plog.Infof("peer traffic delayed by %v ± %v", latency, jitter)
+	plog.Infof("peer traffic delayed by %v ± %v (%s)", latency, jitter, a.delayDirectionsLocked())
 	return nil
 }
 
@@ -887,6 +918,9 @@ func (a *Agent) RemoveLatency() error {
 		return errors.New("no latency to remove: etcd does not run behind the peer proxy")
 	}
 	if err := a.proxy.RemoveLatency(); err != nil {
+		return err
+	}
+	if err := a.setOutboundLatencyLocked(0, 0); err != nil {
 		return err
 	}
 	a.latency, a.jitter = 0, 0
@@ -905,6 +939,7 @@ func (a *Agent) healNetwork() error {
 	if a.proxy != nil {
 		errs = append(errs, a.proxy.Reset())
 	}
+	errs = append(errs, a.setOutboundLatencyLocked(0, 0))
 	a.dropped, a.latency, a.jitter = nil, 0, 0
 	return errors.Join(errs...)
 }
@@ -927,6 +962,8 @@ func (a *Agent) statusLocked() wire.Status {
 		DroppedPorts:     slices.Clone(a.dropped),
 		Latency:          a.latency,
 		LatencyJitter:    a.jitter,
+		DelayDirections:  a.delayDirectionsLocked(),
+		DelayInboundWhy:  a.delayInboundWhyLocked(),
 		LastArchive:      a.lastArchive,
 		Failpoints:       a.fp.ok,
 		FailpointsReason: a.fp.reason,
@@ -936,6 +973,7 @@ func (a *Agent) statusLocked() wire.Status {
 		EtcdVersion:      a.etcdVersion,
 		EtcdVersionError: a.etcdVersionErr,
 	}
+	a.exitFieldsLocked(&st)
 	if p := a.proc; p != nil && !p.exited() {
 		st.Pid, st.Adopted = p.pid, p.adopted
 	}

@@ -46,6 +46,7 @@ const helperEnv = "AGENT_TEST_HELPER"
 const (
 	modeIgnoreTermInt = "ignore-term-int" // survives SIGTERM and SIGINT: only SIGKILL ends it
 	modeIgnoreTerm    = "ignore-term"     // survives SIGTERM, exits on SIGINT
+	modeExit3OnTerm   = "exit-3-on-term"  // exits with code 3 on SIGTERM, as a failed shutdown would
 	signalsFile       = "signals.log"
 )
 
@@ -78,7 +79,7 @@ func runHelper(args []string) int {
 			break
 		}
 	}
-	if mode != modeIgnoreTermInt && mode != modeIgnoreTerm {
+	if mode != modeIgnoreTermInt && mode != modeIgnoreTerm && mode != modeExit3OnTerm {
 		fmt.Fprintf(os.Stderr, "agent test helper: unknown mode %q (argv %q); exiting at once\n", mode, args)
 		return 2
 	}
@@ -100,6 +101,9 @@ func runHelper(args []string) int {
 			fmt.Fprintf(f, "%s %d\n", name, time.Now().UnixNano())
 			if mode == modeIgnoreTerm && s == syscall.SIGINT {
 				return 0
+			}
+			if mode == modeExit3OnTerm && s == syscall.SIGTERM {
+				return 3
 			}
 		case <-tick.C:
 			if os.Getppid() != ppid {

@@ -19,6 +19,9 @@ type process struct {
 	startTime uint64        // from /proc/<pid>/stat, to tell a reused pid apart
 	done      chan struct{} // closed once the process has exited and is reaped
 	adopted   bool
+	// waitState is how it ended; set before done is closed, nil for an
+	// adopted process (not our child: its parent reaps it).
+	waitState *os.ProcessState
 }
 
 // startProcess runs bin with args, output appended to logPath, in a session
@@ -48,6 +51,7 @@ func startProcess(bin string, args []string, dir, logPath string, env []string) 
 		// Owned by the process: it ends when etcd exits, and the agent
 		// never leaves etcd running when it shuts down.
 		cmd.Wait()
+		p.waitState = cmd.ProcessState
 		close(p.done)
 	}()
 	return p, nil

@@ -24,6 +24,42 @@
 // otherwise slip through a partition. Where ip6tables is missing or does
 // not work, Available says so in the log and isolation stays IPv4 only:
 // hosts without IPv6 need no ip6tables.
+//
+// Latency, likewise, reaches only what crosses a proxy. The peer proxy
+// (NewProxy) sits on the member's advertised port and sees the connections
+// other members dial to it; but etcd sends messages to a member over the
+// stream that member dialled to the sender, so a delay there slows the
+// member's replies and not, say, the leader's heartbeats to it. Where the
+// agent shares the member's network namespace and iptables works (a
+// namespace, container or machine of its own), the member's own outbound
+// peer connections go through the agent too: an OutboundRedirect rule in
+// the nat table sends every new connection to the other members' peer
+// ports to an outbound proxy (NewOutboundProxy) on 127.0.0.1, which finds
+// the original destination (SO_ORIGINAL_DST) and dials it with a socket
+// mark the rules let pass. Both proxies delay by the same chunk queues, so
+// every peer byte to and from the member is delayed, as netem on its
+// interface would. Where the proxy runs without that (members sharing one
+// namespace, as on loopback, where the rule could not tell this member's
+// connections from the others'), only the inbound connections are
+// delayed, and the agent says so (wire.Status.DelayDirections).
+//
+// The redirect is installed whenever the peer proxy is, before etcd
+// starts, and stays while it runs, latency or not (zero latency passes
+// data straight through): the nat table only acts on a connection's first
+// packet, and etcd's peer streams live as long as the members do, so a
+// rule added only when a delay is set would miss every stream already
+// open, and a delay would wait for etcd to reconnect. The rules are not a
+// fault: healing removes the latency, not the redirect; the agent removes
+// the redirect when it closes the proxy. A dead agent's rule would send
+// the member's new connections to a port no one serves, so the next agent
+// deals with it at start: if it adopts the member it replaces the rule in
+// place (new redirect first, then the stale one goes, so that etcd cannot
+// connect around the proxy in between), and otherwise it removes it.
+//
+// With the redirect, isolation still holds: the proxy's own dials carry
+// the other members' peer port, which the DROP rules match. A connection
+// etcd opens while isolated reaches the local proxy, and is closed when the
+// proxy's dial times out, instead of timing out itself.
 package netfault
 
 import "time"

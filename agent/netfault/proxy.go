@@ -37,8 +37,9 @@ const (
 // own listen port only). Methods are safe for concurrent use.
 type Proxy struct {
 	ln         net.Listener
-	target     string
+	target     string // for logs: the target, or how dial finds one
 	listenPort int
+	dial       dialFunc
 
 	// ctx is cancelled by Close, to abort dials in flight.
 	ctx    context.Context
@@ -54,6 +55,11 @@ type Proxy struct {
 
 	wg sync.WaitGroup // every goroutine the proxy started
 }
+
+// dialFunc connects to where the proxy forwards client, an accepted
+// connection: the fixed target of NewProxy, or the original destination of
+// a redirected connection (NewOutboundProxy).
+type dialFunc func(ctx context.Context, client net.Conn) (net.Conn, error)
 
 type latencyConfig struct {
 	latency, jitter time.Duration
@@ -76,11 +82,21 @@ func NewProxy(listenAddr, targetAddr string) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netfault: proxy listen: %w", err)
 	}
+	d := net.Dialer{Timeout: proxyDialTimeout}
+	return newProxy(ln, targetAddr, func(ctx context.Context, _ net.Conn) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp", targetAddr)
+	}), nil
+}
+
+// newProxy serves ln, forwarding each accepted connection to what dial
+// connects to; target names that destination in logs.
+func newProxy(ln net.Listener, target string, dial dialFunc) *Proxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
 		ln:         ln,
-		target:     targetAddr,
+		target:     target,
 		listenPort: ln.Addr().(*net.TCPAddr).Port,
+		dial:       dial,
 		ctx:        ctx,
 		cancel:     cancel,
 		sessions:   map[*proxySession]struct{}{},
@@ -89,8 +105,8 @@ func NewProxy(listenAddr, targetAddr string) (*Proxy, error) {
 	p.delay.Store(&latencyConfig{})
 	p.wg.Add(1)
 	go p.acceptLoop()
-	plog.Infof("proxy: %s → %s", ln.Addr(), targetAddr)
-	return p, nil
+	plog.Infof("proxy: %s → %s", ln.Addr(), target)
+	return p
 }
 
 // Name returns wire.BackendProxy.
@@ -308,8 +324,7 @@ func (p *Proxy) swallow(c net.Conn) {
 
 func (p *Proxy) serve(client net.Conn) {
 	defer p.wg.Done()
-	d := net.Dialer{Timeout: proxyDialTimeout}
-	server, err := d.DialContext(p.ctx, "tcp", p.target)
+	server, err := p.dial(p.ctx, client)
 	if err != nil {
 		// The member is down or restarting: the normal state of a member
 		// under fault injection, hence debug and not an error.

@@ -90,6 +90,19 @@ const (
 	BackendProxy    = "proxy"    // the agent's own TCP proxy in front of the peer port
 )
 
+// Values of Status.DelayDirections.
+const (
+	// DelayBoth: latency delays all of the member's peer traffic, on the
+	// connections other members dial to it and on those it dials to them,
+	// each way, as netem on its interface would.
+	DelayBoth = "both"
+	// DelayInbound: latency delays only the connections other members dial
+	// to the member (each way), not those it dials to them, over which the
+	// others send it most of their messages (a leader's heartbeats to a
+	// follower among them).
+	DelayInbound = "inbound"
+)
+
 // Limits on fault arguments.
 const (
 	MaxLatency = 60 * time.Second
@@ -129,6 +142,22 @@ type Status struct {
 	// signal to the process being reaped.
 	LastStopDuration time.Duration
 
+	// LastExit says how the last etcd process that ended did, for humans:
+	// "exit code 0", "killed by SIGTERM", "killed by SIGABRT (core
+	// dumped)", or "unknown (...)" for a process this agent adopted and so
+	// cannot reap. Empty if none has ended since the agent started; then
+	// LastExitCode and LastExitSignal mean nothing. It is set by every stop
+	// or kill and by an exit of etcd's own.
+	LastExit string
+	// LastExitCode is the exit code, or -1 if a signal killed the process
+	// or the status is unknown.
+	LastExitCode int
+	// LastExitSignal is the signal that killed the process ("SIGTERM",
+	// "SIGKILL", ...), empty if it exited. etcd ends a graceful shutdown on
+	// SIGTERM or SIGINT by raising the signal again, so a clean stop reads
+	// LastStopSignal "SIGTERM" with LastExitSignal "SIGTERM".
+	LastExitSignal string
+
 	Args []string // the arguments of the last start
 
 	NetworkBackend string // BackendIPTables or BackendProxy
@@ -136,6 +165,14 @@ type Status struct {
 	DroppedPorts   []int  // ports currently isolated
 	Latency        time.Duration
 	LatencyJitter  time.Duration
+	// DelayDirections is which of the member's peer traffic Latency
+	// reaches: DelayBoth or DelayInbound; empty without the peer proxy
+	// (no latency possible).
+	DelayDirections string
+	// DelayInboundWhy says, for humans, why DelayDirections is
+	// DelayInbound (e.g. "member etcd-1 (127.0.0.1) is in this host's
+	// network namespace: ..."); empty otherwise.
+	DelayInboundWhy string
 
 	LastArchive string // directory of the last Cleanup or Archive, empty if none
 	// Adopted is true when the process was started by an earlier agent

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -154,4 +155,52 @@ func Lines(out string) []string {
 		}
 	}
 	return lines
+}
+
+// Link joins a and b, as two hosts on one wire, by a veth pair: dev0 in a
+// with address addrA, dev1 in b with addrB, both up (addresses as
+// prefixes, e.g. "198.18.0.1/30"). The pair is made inside a with its peer
+// in b, so that its names never exist in the host's namespace; deleting
+// either namespace deletes it.
+func Link(t testing.TB, a, b *NS, addrA, addrB string) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"-n", a.Name, "link", "add", "dev0", "type", "veth", "peer", "name", "dev1", "netns", b.Name},
+		{"-n", a.Name, "addr", "add", addrA, "dev", "dev0"},
+		{"-n", b.Name, "addr", "add", addrB, "dev", "dev1"},
+		{"-n", a.Name, "link", "set", "dev0", "up"},
+		{"-n", b.Name, "link", "set", "dev1", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// KillAll sends SIGKILL to every process left in the namespace (ip netns
+// del does not end them) but the test's own, by pid, and waits up to 10 s for them to go. A
+// test calls it from a Cleanup registered after New's, so that it runs
+// before the namespace is deleted.
+func (ns *NS) KillAll(t testing.TB) {
+	t.Helper()
+	for range 100 {
+		out, err := exec.Command("ip", "netns", "pids", ns.Name).Output()
+		if err != nil {
+			t.Errorf("ip netns pids %s: %v", ns.Name, err)
+			return
+		}
+		// The test process itself may be listed: Do's goroutine may have
+		// run on the main thread, which the runtime never ends.
+		pids := slices.DeleteFunc(Lines(string(out)), func(p string) bool { return p == strconv.Itoa(os.Getpid()) })
+		if len(pids) == 0 {
+			return
+		}
+		for _, p := range pids {
+			if pid, err := strconv.Atoi(p); err == nil {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Errorf("processes still in namespace %s after 10 s of SIGKILL", ns.Name)
 }
