@@ -25,6 +25,8 @@ type Case interface {
 type Env struct {
 	Members int      // one per agent
 	Hosts   []string // member host per agent
+	// PeerPorts holds each member's peer port.
+	PeerPorts []int
 	// Backends holds each agent's Status.NetworkBackend; nil until the
 	// agents have answered.
 	Backends     []string

@@ -191,6 +191,7 @@ func (c Config) normalize() (*settings, error) {
 	s.env = Env{
 		Members:      len(hosts),
 		Hosts:        hosts,
+		PeerPorts:    c.PeerPorts,
 		PeerProxy:    c.PeerProxy,
 		StressWrites: writes(c.Stresser.Names),
 	}

@@ -1,6 +1,7 @@
 package tester
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +31,8 @@ type fakeAgent struct {
 	// it act and then return an error, as a call whose reply was lost.
 	fail map[string]error
 	lost map[string]bool
+	// stopSignal is the signal Stop's ladder needs; "" is SIGTERM.
+	stopSignal string
 }
 
 func newFakeAgent(ep, backend string) *fakeAgent {
@@ -108,7 +111,16 @@ func (f *fakeAgent) stop(ctx context.Context, method string, s wire.State) error
 	return f.do(ctx, method, func() error { f.st.State, f.st.Pid = s, 0; return nil })
 }
 
-func (f *fakeAgent) Stop(ctx context.Context) error { return f.stop(ctx, "Stop", wire.StateStopped) }
+// Stop ends the fake etcd as the agent's ladder would: by SIGTERM, unless
+// stopSignal names the signal a stubborn etcd needed.
+func (f *fakeAgent) Stop(ctx context.Context) error {
+	return f.do(ctx, "Stop", func() error {
+		sig := cmp.Or(f.stopSignal, "SIGTERM")
+		f.st.State, f.st.Pid = wire.StateStopped, 0
+		f.st.LastStopSignal, f.st.LastExitSignal, f.st.LastExitCode, f.st.LastExit = sig, sig, -1, "killed by "+sig
+		return nil
+	})
+}
 func (f *fakeAgent) Kill(ctx context.Context) error { return f.stop(ctx, "Kill", wire.StateStopped) }
 func (f *fakeAgent) Cleanup(ctx context.Context) error {
 	return f.stop(ctx, "Cleanup", wire.StateStopped)

@@ -34,6 +34,14 @@ func (blackhole) requires(env Env) error {
 		}
 		seen[h] = true
 	}
+	// The filter drops the member's own peer port both ways: its
+	// connections to another member's peer port are cut only if that
+	// port is the same number.
+	for i, p := range env.PeerPorts {
+		if p != env.PeerPorts[0] {
+			return fmt.Errorf("%s's peer port %d differs from %s's %d: dropping a member's peer port cuts its connections to the others only if they use the same port, so isolation would be one-way; give every member the same peer port (one host each)", memberName(i), p, memberName(0), env.PeerPorts[0])
+		}
+	}
 	for i, b := range env.Backends {
 		if b != wire.BackendIPTables {
 			return fmt.Errorf("agent of %s uses the %q network backend: with the proxy backend a member's outbound connections to the others cannot be cut, so isolation would be one-way; run the agents with iptables (CAP_NET_ADMIN)", memberName(i), b)

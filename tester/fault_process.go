@@ -2,6 +2,7 @@ package tester
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 
 	"github.com/etcd-functional/functional/agent/client"
@@ -35,7 +36,18 @@ func (s stopped) Inject(ctx context.Context, c *Cluster, i int) error {
 	if s.sig == "SIGKILL" {
 		return c.agentCall(ctx, i, agentCallTimeout, "kill", func(ctx context.Context, a client.Agent) error { return a.Kill(ctx) })
 	}
-	return c.agentCall(ctx, i, agentStopTimeout, "stop (SIGTERM)", func(ctx context.Context, a client.Agent) error { return a.Stop(ctx) })
+	// A graceful stop must be one: an etcd that needed SIGINT or SIGKILL,
+	// or exited with an error, fails the case, whatever the recovery.
+	return c.agentCall(ctx, i, agentStopTimeout, "stop (SIGTERM)", func(ctx context.Context, a client.Agent) error {
+		if err := a.Stop(ctx); err != nil {
+			return err
+		}
+		st, err := a.Status(ctx)
+		if err != nil {
+			return fmt.Errorf("status after the stop: %w", err)
+		}
+		return st.GracefulStopError()
+	})
 }
 func (stopped) Undo(ctx context.Context, c *Cluster, i int) error {
 	return c.agentCall(ctx, i, agentCallTimeout, "restart", func(ctx context.Context, a client.Agent) error {

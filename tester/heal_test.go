@@ -63,7 +63,7 @@ func TestFaultsRecordedAndHealedExactly(t *testing.T) {
 		t.Errorf("after Heal: %v", f)
 	}
 	for i, wantCalls := range [][]string{
-		{"Stop", "Restart"},
+		{"Stop", "Status", "Restart"},
 		{"Pause", "Resume"},
 		// Newest first: the delay comes off before the port opens.
 		{"DropPort", "Status", "SetLatency", "RemoveLatency", "RecoverPort"},
@@ -245,5 +245,45 @@ func TestUnreachableMemberStaysOnRecord(t *testing.T) {
 	}
 	if got := c.Faults(); len(got) != 0 {
 		t.Fatalf("after a successful Terminate faults %v, want none", got)
+	}
+}
+
+// TestSIGTERMNeedingMoreFails: an etcd that does not stop on SIGTERM (the
+// agent's ladder had to send SIGKILL) fails the graceful stop, naming the
+// signal, and the stopped member stays on record to be restarted.
+func TestSIGTERMNeedingMoreFails(t *testing.T) {
+	ctx := context.Background()
+	c, fakes := fakeCluster(t, 3)
+	startAll(t, fakes)
+	fakes[1].stopSignal = "SIGKILL"
+	err := c.Inject(ctx, 1, sigterm)
+	if err == nil || !strings.Contains(err.Error(), "did not stop on SIGTERM: it took SIGKILL") {
+		t.Fatalf("SIGTERM of an etcd that needed SIGKILL: %v; want the graceful stop failed, naming SIGKILL", err)
+	}
+	if got := c.Faults(); !slices.Equal(got, []string{"etcd-1: stopped"}) {
+		t.Errorf("faults %v: the stopped member must stay on record", got)
+	}
+	if err := c.Inject(ctx, 0, sigterm); err != nil {
+		t.Errorf("SIGTERM of an etcd that stops on it: %v", err)
+	}
+	if err := c.Heal(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBlackholeNeedsOnePeerPort: dropping a member's peer port cuts its
+// own connections to the others only if they listen on the same port
+// number; otherwise the partition would be one-way, and the case is
+// skipped with that reason.
+func TestBlackholeNeedsOnePeerPort(t *testing.T) {
+	env := Env{Members: 3, Hosts: []string{"a", "b", "c"}, PeerPorts: []int{2380, 2380, 2390},
+		Backends: []string{wire.BackendIPTables, wire.BackendIPTables, wire.BackendIPTables}}
+	err := blackhole{}.requires(env)
+	if err == nil || !strings.Contains(err.Error(), "one-way") || !strings.Contains(err.Error(), "2390") {
+		t.Errorf("peer ports 2380, 2380, 2390: %v; want a one-way skip naming the odd port", err)
+	}
+	env.PeerPorts = []int{2380, 2380, 2380}
+	if err := (blackhole{}).requires(env); err != nil {
+		t.Errorf("one peer port, a host each, iptables: %v", err)
 	}
 }
