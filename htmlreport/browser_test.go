@@ -144,6 +144,14 @@ func TestBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeShot(t, filepath.Join(dir, "screenshot.png"), shot)
+	// The timelines, as a reader scrolls to them.
+	if err := chromedp.Do(ctx, chromedp.Evaluate[chromedp.Void](`document.querySelector("section.case").scrollIntoView()`)); err != nil {
+		t.Fatal(err)
+	}
+	if shot, err = chromedp.Run(ctx, chromedp.CaptureScreenshot()); err != nil {
+		t.Fatal(err)
+	}
+	writeShot(t, filepath.Join(dir, "screenshot-timelines.png"), shot)
 	first := "section.case"
 	if failed, err := chromedp.Run(ctx, chromedp.Evaluate[string](`(document.querySelector("section.case.failed") || {}).id || ""`)); err == nil && failed != "" {
 		first = "#" + failed

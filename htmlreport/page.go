@@ -52,6 +52,7 @@ type row struct {
 	Span                        string
 	Timeline                    template.HTML
 	TimelineNote                string
+	Dropped                     int // seconds cut from the series' start
 	Archives                    []link
 	Files                       []link
 }
@@ -210,8 +211,14 @@ func newRow(absDir string, round int, c *caseResult) (*row, error) {
 		rw.TimelineNote = err.Error()
 	case svg == "" && c.Stress == nil:
 		rw.TimelineNote = "no load ran during this case"
+	case svg == "" && c.Passed:
+		// The tester keeps the series of failed cases only, so far.
+		rw.TimelineNote = "no per-second series recorded for this passed case"
 	case svg == "":
 		rw.TimelineNote = "no per-second series recorded for this case"
+	}
+	if c.Stress != nil {
+		rw.Dropped = c.Stress.SeriesDropped
 	}
 	rw.Timeline = template.HTML(svg)
 	return rw, nil
