@@ -219,3 +219,30 @@ func TestReplayArgs(t *testing.T) {
 		t.Errorf("replay %q, want %q", got, want)
 	}
 }
+
+// TestTimelineEdgeCases draws the timelines of odd cases without error: a
+// series of one second, one of silence (nothing finished), a fault that
+// outlasted the load, a case that failed before its fault, and a passed
+// case whose series the tester dropped.
+func TestTimelineEdgeCases(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	for name, c := range map[string]*caseResult{
+		"one second": {Stress: &stats{Series: []second{{Unix: 1000, Success: 5, P50: 1e6, P99: 2e6}}}, InjectTime: t0},
+		"silence":    {Stress: &stats{Series: []second{{Unix: 1000}, {Unix: 1001}, {Unix: 1002}}}, InjectTime: t0.Add(time.Second)},
+		"long fault": {Stress: &stats{Series: []second{{Unix: 1000, Success: 1, P99: 1}}}, InjectTime: t0, RecoverTime: t0.Add(time.Minute)},
+		"no fault":   {Stress: &stats{Start: t0, Series: []second{{Unix: 1000, Success: 9, Failure: 1, P99: 5e6}, {Unix: 1001, Failure: 3}}}},
+	} {
+		c.Case = name
+		svg, err := timeline(c)
+		if err != nil || !strings.HasPrefix(svg, `<svg class="plot"`) {
+			t.Errorf("%s: %v, %.60q", name, err, svg)
+		}
+	}
+	if svg, err := timeline(&caseResult{Passed: true, Stress: &stats{QPS: 10}}); svg != "" || err != nil {
+		t.Errorf("no series: %q, %v", svg, err)
+	}
+	rw, err := newRow("/r", 1, &caseResult{Case: "X", Index: 1, Passed: true, Stress: &stats{QPS: 10, SeriesDropped: 7}})
+	if err != nil || !strings.Contains(rw.TimelineNote, "passed case") || rw.Dropped != 7 {
+		t.Errorf("row %+v, %v", rw, err)
+	}
+}
