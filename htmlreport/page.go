@@ -106,13 +106,26 @@ func render(w io.Writer, dir string, r *results) error {
 		[2]string{"recovery timeout", fmt.Sprintf("%gs", r.RecoveryTimeoutSeconds)},
 		[2]string{"agents", strings.Join(r.Agents, ", ")})
 
+	// Every failed case gets its timeline, then the latest passed ones.
+	passedLeft := 0
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			if c.Passed && c.hasSeries() {
+				passedLeft++
+			}
+		}
+	}
 	for _, rd := range r.Rounds {
 		if rd.Error != "" {
 			p.RoundErrors = append(p.RoundErrors, fmt.Sprintf("round %d: %s", rd.Round, rd.Error))
 		}
 		for i := range rd.Cases {
 			c := &rd.Cases[i]
-			rw, err := newRow(absDir, rd.Round, c)
+			drawn := !c.Passed || passedLeft <= maxTimelines
+			if c.Passed && c.hasSeries() {
+				passedLeft--
+			}
+			rw, err := newRow(absDir, rd.Round, c, drawn)
 			if err != nil {
 				return err
 			}
@@ -140,7 +153,13 @@ func render(w io.Writer, dir string, r *results) error {
 	return nil
 }
 
-func newRow(absDir string, round int, c *caseResult) (*row, error) {
+// maxTimelines bounds the timelines of passed cases on one page: a run
+// with -limit -1 goes on for thousands of cases, and its page is rewritten
+// after each. About 20 kB each, 300 keep the page near 6 MB at most.
+const maxTimelines = 300
+
+// newRow formats case c of round; drawn says whether to plot its timeline.
+func newRow(absDir string, round int, c *caseResult, drawn bool) (*row, error) {
 	rw := &row{ID: fmt.Sprintf("r%dc%d", round, c.Index), Round: round, Index: c.Index, Case: c.Case,
 		Passed: c.Passed, Error: c.Error, Targets: strings.Join(c.Targets, ", ")}
 	rw.Recovery = secondsCell(c.RecoverySeconds, !c.HealthyTime.IsZero())
@@ -205,6 +224,13 @@ func newRow(absDir string, round int, c *caseResult) (*row, error) {
 			rw.Span += ", never healthy"
 		}
 	}
+	if c.Stress != nil {
+		rw.Dropped = c.Stress.SeriesDropped
+	}
+	if !drawn && c.hasSeries() {
+		rw.TimelineNote = fmt.Sprintf("timeline left out: a page draws every failed case and the latest %d others, to stay small", maxTimelines)
+		return rw, nil
+	}
 	svg, err := timeline(c)
 	switch {
 	case err != nil:
@@ -217,12 +243,11 @@ func newRow(absDir string, round int, c *caseResult) (*row, error) {
 	case svg == "":
 		rw.TimelineNote = "no per-second series recorded for this case"
 	}
-	if c.Stress != nil {
-		rw.Dropped = c.Stress.SeriesDropped
-	}
 	rw.Timeline = template.HTML(svg)
 	return rw, nil
 }
+
+func (c *caseResult) hasSeries() bool { return c.Stress != nil && len(c.Stress.Series) > 0 }
 
 // figure formats a checker's figure: counts whole, the rest to four
 // significant digits, never in exponent form.

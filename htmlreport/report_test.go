@@ -241,8 +241,27 @@ func TestTimelineEdgeCases(t *testing.T) {
 	if svg, err := timeline(&caseResult{Passed: true, Stress: &stats{QPS: 10}}); svg != "" || err != nil {
 		t.Errorf("no series: %q, %v", svg, err)
 	}
-	rw, err := newRow("/r", 1, &caseResult{Case: "X", Index: 1, Passed: true, Stress: &stats{QPS: 10, SeriesDropped: 7}})
+	rw, err := newRow("/r", 1, &caseResult{Case: "X", Index: 1, Passed: true, Stress: &stats{QPS: 10, SeriesDropped: 7}}, true)
 	if err != nil || !strings.Contains(rw.TimelineNote, "passed case") || rw.Dropped != 7 {
 		t.Errorf("row %+v, %v", rw, err)
+	}
+}
+
+// TestLongRunKeepsThePageBounded: past maxTimelines passed cases, only the
+// latest are drawn, and every failed one still is.
+func TestLongRunKeepsThePageBounded(t *testing.T) {
+	dir := synthDir(t, synthOpts{rounds: 12, cases: 29, failed: map[[2]int]bool{{1, 2}: true}})
+	page := writePage(t, dir)
+	plots := strings.Count(page, `<svg class="plot"`)
+	// 12 rounds of 28 loaded cases, one failed (in round 1): 300 passed
+	// plus the failed one, and the recovery plot.
+	if want := maxTimelines + 1 + 1; plots != want {
+		t.Errorf("%d plots, want %d", plots, want)
+	}
+	if !strings.Contains(page, `id="r1c2"`) || !strings.Contains(page, "timeline left out") {
+		t.Error("the failed case or the note on left-out timelines is missing")
+	}
+	if len(page) > 8<<20 {
+		t.Errorf("page of %d bytes", len(page))
 	}
 }
