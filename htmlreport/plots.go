@@ -109,13 +109,14 @@ type point struct {
 // downsample folds a per-second series into at most maxPoints steps. Rates
 // are averaged over a step; p50 is averaged over the seconds that had
 // requests and p99 is their maximum, so that a latency spike survives.
-func downsample(series []second, zero int64) []point {
+func downsample(series []second, zero float64) []point {
 	w := (len(series) + maxPoints - 1) / maxPoints
 	w = max(w, 1)
 	var pts []point
 	for i := 0; i < len(series); i += w {
 		chunk := series[i:min(i+w, len(series))]
-		pt := point{t: float64(chunk[0].Unix-zero) + float64(len(chunk))/2}
+		// A second's figures are drawn at its middle.
+		pt := point{t: float64(chunk[0].Unix) - zero + float64(len(chunk))/2}
 		n := float64(len(chunk))
 		busy := 0
 		for _, s := range chunk {
@@ -152,11 +153,11 @@ func timeline(c *caseResult) (string, error) {
 	if zero.IsZero() {
 		zero = c.Stress.Start
 	}
-	z := zero.Unix()
+	z := float64(zero.UnixNano()) / 1e9
 	pts := downsample(c.Stress.Series, z)
-	secs := func(t time.Time) float64 { return t.Sub(time.Unix(z, 0)).Seconds() }
-	xmin := float64(c.Stress.Series[0].Unix - z)
-	xmax := float64(c.Stress.Series[len(c.Stress.Series)-1].Unix-z) + 1
+	secs := func(t time.Time) float64 { return t.Sub(zero).Seconds() }
+	xmin := float64(c.Stress.Series[0].Unix) - z
+	xmax := float64(c.Stress.Series[len(c.Stress.Series)-1].Unix) - z + 1
 
 	var bands []band
 	if !c.InjectTime.IsZero() {
