@@ -95,13 +95,16 @@ func render(w io.Writer, dir string, r *results) error {
 		p.Meta = append(p.Meta, [2]string{"started", r.Started.UTC().Format("2006-01-02 15:04:05 MST")})
 		end, label := r.Finished, "duration"
 		if end.IsZero() {
-			end, label = time.Now(), "running for"
+			// Running, or killed before it could write its end: the
+			// clock now would be wrong for the latter.
+			end, label = r.lastActivity(), "so far (to the last case)"
 		}
-		p.Meta = append(p.Meta, [2]string{label, end.Sub(r.Started).Round(time.Second).String()})
+		if !end.IsZero() {
+			p.Meta = append(p.Meta, [2]string{label, end.Sub(r.Started).Round(time.Second).String()})
+		}
 	}
-	rounds := fmt.Sprintf("%d", len(r.Rounds))
 	p.Meta = append(p.Meta,
-		[2]string{"rounds", rounds},
+		[2]string{"rounds", fmt.Sprint(len(r.Rounds))},
 		[2]string{"cases per round", fmt.Sprintf("%d", len(r.Schedule))},
 		[2]string{"recovery timeout", fmt.Sprintf("%gs", r.RecoveryTimeoutSeconds)},
 		[2]string{"agents", strings.Join(r.Agents, ", ")})

@@ -142,6 +142,26 @@ func (r *results) status() string {
 	return "FAIL"
 }
 
+// lastActivity is the latest time a case recorded, zero if none did.
+func (r *results) lastActivity() time.Time {
+	var last time.Time
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			for _, t := range []time.Time{c.InjectTime, c.RecoverTime, c.HealthyTime} {
+				if t.After(last) {
+					last = t
+				}
+			}
+			if s := c.Stress; s != nil {
+				if end := s.Start.Add(time.Duration(s.DurationNS)); s.DurationNS > 0 && end.After(last) {
+					last = end
+				}
+			}
+		}
+	}
+	return last
+}
+
 // replayArgs are the flags that replay the run's seed and schedule; the
 // other settings are the run's configuration, shown beside it.
 func (r *results) replayArgs() string {
