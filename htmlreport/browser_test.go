@@ -118,6 +118,11 @@ func TestBrowser(t *testing.T) {
 			}
 		}
 	}
+	recovery, err := chromedp.Run(ctx, chromedp.Evaluate[int](`(() => { const s = document.querySelector("#recovery-plot svg.plot");
+		return s && s.getBoundingClientRect().height > 100 ? s.querySelectorAll("path").length : 0; })()`))
+	if err != nil || recovery < len(r.Schedule) {
+		t.Errorf("recovery plot draws %d paths (%v), want at least one per case of the schedule (%d)", recovery, err, len(r.Schedule))
+	}
 	rows, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#cases tbody tr").length`))
 	if err != nil || rows != len(sections) {
 		t.Errorf("case table has %d rows (%v), want %d", rows, err, len(sections))

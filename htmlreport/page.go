@@ -217,7 +217,7 @@ func newRow(absDir string, round int, c *caseResult, drawn bool) (*row, error) {
 		rw.Archives = append(rw.Archives, lg)
 	}
 	if !c.InjectTime.IsZero() {
-		rw.Span = "injected " + c.InjectTime.UTC().Format("15:04:05")
+		rw.Span = "injected " + c.InjectTime.UTC().Format("15:04:05 MST")
 		if !c.RecoverTime.IsZero() {
 			rw.Span += fmt.Sprintf(", recovered +%.1fs", c.RecoverTime.Sub(c.InjectTime).Seconds())
 		}
