@@ -295,6 +295,12 @@ func maxY(xys plotter.XYs) float64 {
 	return m
 }
 
+// obsValue is one recovery time of a case.
+type obsValue struct {
+	v      float64
+	passed bool
+}
+
 // recoveryPlot shows, for each case of the schedule, its recovery times
 // across rounds: a box over the points themselves, failed cases' points
 // in red. It returns "" when no case recovered.
@@ -307,23 +313,28 @@ func recoveryPlot(r *results) (string, error) {
 			names = append(names, n)
 		}
 	}
-	type obs struct {
-		v      float64
-		passed bool
-	}
-	byCase := map[string][]obs{}
+	byCase := map[string][]obsValue{}
+	var neverX plotter.XYs // Y is the case's place in names until flipped below
 	for _, rd := range r.Rounds {
 		for _, c := range rd.Cases {
 			if _, ok := seen[c.Case]; !ok {
 				seen[c.Case] = len(names)
 				names = append(names, c.Case)
 			}
-			if !c.HealthyTime.IsZero() {
-				byCase[c.Case] = append(byCase[c.Case], obs{c.RecoverySeconds, c.Passed})
+			switch {
+			case !c.HealthyTime.IsZero():
+				byCase[c.Case] = append(byCase[c.Case], obsValue{c.RecoverySeconds, c.Passed})
+			case !c.RecoverTime.IsZero():
+				// Recovered but never healthy: a cross at the timeout, so
+				// that the worst rounds are not the ones missing.
+				neverX = append(neverX, plotter.XY{X: r.RecoveryTimeoutSeconds, Y: float64(seen[c.Case])})
 			}
 		}
 	}
-	if len(byCase) == 0 {
+	for i := range neverX {
+		neverX[i].Y = float64(len(names) - 1 - int(neverX[i].Y))
+	}
+	if len(byCase) == 0 && len(neverX) == 0 {
 		return "", nil
 	}
 	p := newPlot()
@@ -366,10 +377,15 @@ func recoveryPlot(r *results) (string, error) {
 		}
 	}
 	for _, s := range []struct {
-		xys plotter.XYs
-		col color.Color
-		lab string
-	}{{ok, colOK, "passed"}, {failed, colFail, "failed"}} {
+		xys   plotter.XYs
+		col   color.Color
+		shape draw.GlyphDrawer
+		lab   string
+	}{
+		{ok, colOK, draw.CircleGlyph{}, "passed"},
+		{failed, colFail, draw.CircleGlyph{}, "failed"},
+		{neverX, colFail, draw.CrossGlyph{}, "never healthy (at the timeout)"},
+	} {
 		if len(s.xys) == 0 {
 			continue
 		}
@@ -377,13 +393,48 @@ func recoveryPlot(r *results) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("htmlreport: recovery plot: %w", err)
 		}
-		sc.GlyphStyle.Color, sc.GlyphStyle.Radius, sc.GlyphStyle.Shape = s.col, 2.2, draw.CircleGlyph{}
+		sc.GlyphStyle.Color, sc.GlyphStyle.Radius, sc.GlyphStyle.Shape = s.col, 2.4, s.shape
+		if _, cross := s.shape.(draw.CrossGlyph); cross {
+			sc.GlyphStyle.Radius = 4
+		}
 		p.Add(sc)
 		p.Legend.Add(s.lab, sc)
+		for _, xy := range s.xys {
+			p.X.Max = max(p.X.Max, xy.X)
+		}
 	}
+	// Recovery spans tenths of a second to the timeout: when it spans
+	// more than a decade or so, a log axis keeps the fast cases' spread
+	// visible next to a slow one.
+	lo := math.Inf(1)
+	for _, vs := range byCase {
+		for _, o := range vs {
+			if o.v > 0 {
+				lo = min(lo, o.v)
+			}
+		}
+	}
+	if !math.IsInf(lo, 1) && p.X.Max/lo > 20 && allPositive(byCase) {
+		p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+		p.X.Min = math.Pow(10, math.Floor(math.Log10(lo)))
+		p.X.Label.Text += ", log scale"
+	}
+	// Room on the right for the legend beside the slowest points.
+	p.X.Max *= 1.25
 	p.NominalY(ylabels...)
 	h := 50 + 14*vg.Length(len(names))
 	return renderSVG(640, h, func(dc draw.Canvas) { p.Draw(dc) })
+}
+
+func allPositive(byCase map[string][]obsValue) bool {
+	for _, vs := range byCase {
+		for _, o := range vs {
+			if o.v <= 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 var svgSize = regexp.MustCompile(`<svg width="[^"]*" height="[^"]*"`)
