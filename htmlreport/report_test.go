@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -264,4 +265,28 @@ func TestLongRunKeepsThePageBounded(t *testing.T) {
 	if len(page) > 8<<20 {
 		t.Errorf("page of %d bytes", len(page))
 	}
+}
+
+// TestConcurrentRenders: the tester's Write after a case and browsers
+// asking the Handler may render at once; gonum's shared font cache and the
+// page template must bear it (run with -race).
+func TestConcurrentRenders(t *testing.T) {
+	dir := synthDir(t, synthOpts{rounds: 1, cases: 4})
+	h := Handler(dir)
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Go(func() {
+			if err := Write(dir); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+			if rec.Code != http.StatusOK {
+				t.Errorf("GET /: %d", rec.Code)
+			}
+		})
+	}
+	wg.Wait()
 }
