@@ -56,7 +56,7 @@ func TestWritePassingRun(t *testing.T) {
 	selfContained(t, page)
 	mustContain(t, page, `<span class="verdict" id="verdict">PASS</span>`, `id="n-ran">58<`, `id="n-failed">0<`,
 		"make run ARGS='-seed 1764511200 -cases SIGTERM_ONE_FOLLOWER,", "-limit 2",
-		"s1: 3.6.16", "v0.0.0-synthetic", "stresser.qps", "SIGQUIT_AND_REMOVE_LEADER", "needs -peer-proxy",
+		"3.6.16 (every member)", "v0.0.0-synthetic", "stresser.qps", "SIGQUIT_AND_REMOVE_LEADER", "needs -peer-proxy",
 		`<th class="num">unavailable</th>`, `<th>checks</th>`, `id="recovery-plot"`)
 	for _, n := range caseNames {
 		if strings.Count(page, `data-case="`+n+`"`) != 4 { // 2 rows, 2 timelines
@@ -289,4 +289,18 @@ func TestConcurrentRenders(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+func TestVersions(t *testing.T) {
+	for in, want := range map[string]string{
+		`"3.6.16"`:                         "3.6.16",
+		`["3.6.16", "3.5.21"]`:             "3.6.16, 3.5.21",
+		`{"s1": "3.6.16", "s2": "3.5.21"}`: "s1: 3.6.16, s2: 3.5.21",
+		`{"s1": "3.6.16", "s2": "3.6.16"}`: "3.6.16 (every member)",
+		``:                                 "",
+	} {
+		if got := versions([]byte(in)); got != want {
+			t.Errorf("versions(%s) = %q, want %q", in, got, want)
+		}
+	}
 }

@@ -251,6 +251,13 @@ func versions(raw json.RawMessage) string {
 	if len(kv) == 1 && kv[0][0] == "" {
 		return kv[0][1]
 	}
+	same := len(kv) > 1
+	for _, p := range kv {
+		same = same && p[1] == kv[0][1]
+	}
+	if same {
+		return kv[0][1] + " (every member)"
+	}
 	var parts []string
 	for _, p := range kv {
 		parts = append(parts, p[0]+": "+p[1])
