@@ -226,7 +226,9 @@ func timeline(c *caseResult) (string, error) {
 	errs = append(errs,
 		addLine(rate, "ok", colOK, xy(func(p point) float64 { return p.ok }, nil)),
 		addLine(rate, "failed", colFail, xy(func(p point) float64 { return p.fail }, nil)),
-		addLine(lat, "p50", colP50, xy(func(p point) float64 { return p.p50 }, busy)),
+		// Series written before p50 was recorded have none: no line
+		// rather than a false one at zero.
+		addLine(lat, "p50", colP50, xy(func(p point) float64 { return p.p50 }, func(p point) bool { return p.p50 > 0 })),
 		addLine(lat, "p99", colP99, xy(func(p point) float64 { return p.p99 }, busy)))
 
 	// Errors by class when the series has them (newer stressers); the
@@ -263,8 +265,10 @@ func timeline(c *caseResult) (string, error) {
 	// shows the p50 and the p99 both.
 	lo := math.Inf(1)
 	for _, p := range pts {
-		if p.p99 > 0 {
-			lo = min(lo, p.p50, p.p99)
+		for _, v := range []float64{p.p50, p.p99} {
+			if v > 0 {
+				lo = min(lo, v)
+			}
 		}
 	}
 	if lo > 0 && !math.IsInf(lo, 1) {

@@ -231,12 +231,16 @@ func TestTimelineEdgeCases(t *testing.T) {
 		"one second": {Stress: &stats{Series: []second{{Unix: 1000, Success: 5, P50: 1e6, P99: 2e6}}}, InjectTime: t0},
 		"silence":    {Stress: &stats{Series: []second{{Unix: 1000}, {Unix: 1001}, {Unix: 1002}}}, InjectTime: t0.Add(time.Second)},
 		"long fault": {Stress: &stats{Series: []second{{Unix: 1000, Success: 1, P99: 1}}}, InjectTime: t0, RecoverTime: t0.Add(time.Minute)},
+		"old series": {Stress: &stats{Series: []second{{Unix: 1000, Success: 9, P99: 5e6}, {Unix: 1001, Success: 9, P99: 7e6}}}, InjectTime: t0},
 		"no fault":   {Stress: &stats{Start: t0, Series: []second{{Unix: 1000, Success: 9, Failure: 1, P99: 5e6}, {Unix: 1001, Failure: 3}}}},
 	} {
 		c.Case = name
 		svg, err := timeline(c)
 		if err != nil || !strings.HasPrefix(svg, `<svg class="plot"`) {
 			t.Errorf("%s: %v, %.60q", name, err, svg)
+		}
+		if name == "old series" && strings.Contains(svg, ">p50<") {
+			t.Error("a series without p50 has a p50 line")
 		}
 	}
 	if svg, err := timeline(&caseResult{Passed: true, Stress: &stats{QPS: 10}}); svg != "" || err != nil {
