@@ -66,6 +66,11 @@ type SecondStat struct {
 	Success int64         `json:"success"`
 	Failure int64         `json:"failure"`
 	P99     time.Duration `json:"p99_ns"`
+	// P50 and Errors came after P99: readers of older results.json see
+	// them zero and absent.
+	P50 time.Duration `json:"p50_ns,omitempty"`
+	// Errors counts the second's failures by class, as Stats.Errors.
+	Errors map[string]int64 `json:"errors,omitempty"`
 }
 
 // MaxSeries bounds Stats.Series: one hour of seconds.
@@ -163,6 +168,7 @@ type recorder struct {
 	sec     int64
 	secSucc int64
 	secFail int64
+	secErrs map[string]int64 // nil while the second has no failure
 	secHist histogram
 	series  []SecondStat
 	dropped int
@@ -245,7 +251,7 @@ func (r *recorder) reset(now time.Time) {
 	r.errors = map[string]int64{}
 	r.canceled, r.unexpected = 0, 0
 	r.all.reset()
-	r.sec, r.secSucc, r.secFail = now.Unix(), 0, 0
+	r.sec, r.secSucc, r.secFail, r.secErrs = now.Unix(), 0, 0, nil
 	r.secHist.reset()
 	r.series = r.series[:0]
 	r.dropped = 0
@@ -320,6 +326,10 @@ func (r *recorder) record(op string, end time.Time, d time.Duration, class strin
 		o.Failure++
 		r.secFail++
 		r.errors[class]++
+		if r.secErrs == nil {
+			r.secErrs = map[string]int64{}
+		}
+		r.secErrs[class]++
 	}
 	r.all.add(d)
 	r.secHist.add(d)
@@ -337,7 +347,7 @@ func (r *recorder) advance(sec int64) {
 	if sec <= r.sec {
 		return
 	}
-	r.appendSecond(SecondStat{Unix: r.sec, Success: r.secSucc, Failure: r.secFail, P99: r.secHist.quantile(0.99)})
+	r.appendSecond(r.second())
 	gap := sec - r.sec - 1
 	if gap >= MaxSeries {
 		// Nothing finished for over MaxSeries seconds: only the last
@@ -349,8 +359,14 @@ func (r *recorder) advance(sec int64) {
 	for s := r.sec + 1; s < sec; s++ {
 		r.appendSecond(SecondStat{Unix: s})
 	}
-	r.sec, r.secSucc, r.secFail = sec, 0, 0
+	r.sec, r.secSucc, r.secFail, r.secErrs = sec, 0, 0, nil
 	r.secHist.reset()
+}
+
+// second is the current second's entry of the series.
+func (r *recorder) second() SecondStat {
+	return SecondStat{Unix: r.sec, Success: r.secSucc, Failure: r.secFail,
+		P50: r.secHist.quantile(0.50), P99: r.secHist.quantile(0.99), Errors: r.secErrs}
 }
 
 func (r *recorder) appendSecond(s SecondStat) {
@@ -370,7 +386,7 @@ func (r *recorder) snapshot(now time.Time) Stats {
 	// Close the seconds before now's, then now's own if anything ended in it.
 	r.advance(now.Unix())
 	if r.secSucc+r.secFail > 0 {
-		r.appendSecond(SecondStat{Unix: r.sec, Success: r.secSucc, Failure: r.secFail, P99: r.secHist.quantile(0.99)})
+		r.appendSecond(r.second())
 	}
 	s := Stats{
 		Start:         r.start,

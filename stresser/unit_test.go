@@ -361,9 +361,9 @@ func TestRecorderCountsAndSeries(t *testing.T) {
 	}
 	// Seconds 1000..1003: the empty ones (1001, 1003) are there too.
 	want := []SecondStat{
-		{Unix: 1000, Success: 2, Failure: 1, P99: 3 * time.Millisecond},
+		{Unix: 1000, Success: 2, Failure: 1, P99: 3 * time.Millisecond, P50: 2031615, Errors: map[string]int64{ClassUnavailable: 1}},
 		{Unix: 1001},
-		{Unix: 1002, Failure: 1, P99: 4 * time.Millisecond},
+		{Unix: 1002, Failure: 1, P99: 4 * time.Millisecond, P50: 4 * time.Millisecond, Errors: map[string]int64{ClassUnexpected: 1}},
 		{Unix: 1003},
 	}
 	if fmt.Sprint(s.Series) != fmt.Sprint(want) {
@@ -379,6 +379,38 @@ func TestRecorderCountsAndSeries(t *testing.T) {
 	}
 	if got, want := s.String(), "2 ok, 2 failed (1 unexpected), 1 canceled in 4s: 1.0 req/s, latency p50 2.032ms p99 4ms max 4ms"; got != want {
 		t.Errorf("String() = %q\nwant       %q", got, want)
+	}
+}
+
+// TestSeriesPercentilesAndErrorsPerSecond checks the per-second p50 and
+// error classes that the HTML report plots.
+func TestSeriesPercentilesAndErrorsPerSecond(t *testing.T) {
+	t0 := time.Unix(2000, 0)
+	r := newRecorder(t0)
+	for i := 1; i <= 100; i++ {
+		r.record("put", t0.Add(time.Duration(i)*time.Millisecond), time.Duration(i)*time.Millisecond, "", true)
+	}
+	r.record("put", t0.Add(1200*time.Millisecond), time.Second, ClassDeadline, true)
+	r.record("put", t0.Add(1300*time.Millisecond), time.Second, ClassDeadline, true)
+	r.record("get", t0.Add(1400*time.Millisecond), time.Second, ClassUnavailable, true)
+	s := r.snapshot(t0.Add(2 * time.Second))
+	if len(s.Series) != 2 {
+		t.Fatalf("series %+v, want 2 seconds", s.Series)
+	}
+	first, second := s.Series[0], s.Series[1]
+	if d := first.P50 - 50*time.Millisecond; d < 0 || d > 50*time.Millisecond/32 {
+		t.Errorf("p50 of 1..100ms = %v, want 50ms within 1/32", first.P50)
+	}
+	if first.P99 < first.P50 || first.Errors != nil {
+		t.Errorf("first second %+v: want p99 >= p50 and no errors", first)
+	}
+	if second.Errors[ClassDeadline] != 2 || second.Errors[ClassUnavailable] != 1 || len(second.Errors) != 2 || second.Failure != 3 {
+		t.Errorf("second second errors %v, failures %d", second.Errors, second.Failure)
+	}
+	// Old results.json files, without the new fields, still decode.
+	var old SecondStat
+	if err := json.Unmarshal([]byte(`{"unix":1,"success":2,"failure":0,"p99_ns":3}`), &old); err != nil || old.P50 != 0 || old.Errors != nil {
+		t.Errorf("old entry: %+v %v", old, err)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/etcd-functional/functional/htmlreport"
 	"github.com/etcd-functional/functional/internal/logfmt"
 	"github.com/etcd-functional/functional/stresser"
 	"github.com/etcd-functional/functional/tester"
@@ -38,6 +39,13 @@ func main() {
 	if opts.listCases {
 		for _, l := range tester.ListCases(cfg) {
 			fmt.Println(l)
+		}
+		os.Exit(0)
+	}
+	if opts.fromJSON != "" {
+		if err := htmlreport.WriteFrom(opts.fromJSON, cfg.ReportDir); err != nil {
+			fmt.Fprintf(os.Stderr, "etcd-tester: -report-from: %v\n", err)
+			os.Exit(tester.ExitSetup)
 		}
 		os.Exit(0)
 	}
@@ -83,6 +91,7 @@ func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", ";
 type options struct {
 	listCases bool
 	logLevel  string
+	fromJSON  string // -report-from
 }
 
 // parseFlags turns the command line into a tester.Config. Validation of
@@ -151,6 +160,7 @@ Flags:
 	fs.StringVar(&cfg.AgentKeyFile, "agent-key-file", "", "key of -agent-cert-file")
 	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA certificate that verifies the agents (turns TLS on)")
 	fs.IntVar(&cfg.DefragInterval, "defrag-interval", def.DefragInterval, "defragment every member every this many rounds; 0 never")
+	fs.StringVar(&opts.fromJSON, "report-from", "", "render `results.json` of an earlier run as -report-dir/index.html and exit; runs nothing")
 	fs.StringVar(&opts.logLevel, "log-level", "INFO", "log level: CRITICAL, ERROR, WARNING, NOTICE, INFO, DEBUG or TRACE")
 
 	if err := fs.Parse(args); err != nil {
