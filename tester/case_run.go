@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/etcd-functional/functional/htmlreport"
 	"github.com/etcd-functional/functional/stresser"
 )
 
@@ -70,11 +71,6 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 		r.watchers.Collect() // stops them, if the check did not get to
 	}
 	r.res.Passed = err == nil && ctx.Err() == nil
-	if r.res.Passed && r.res.Stress != nil {
-		// The per-second series is for post-mortems; a run of thousands of
-		// cases rewrites its report after each, so passed ones drop it.
-		r.res.Stress.Series, r.res.Stress.SeriesDropped = nil, 0
-	}
 	r.logVerdict()
 	if !r.res.Passed && ctx.Err() == nil {
 		err = errors.Join(err, r.salvage(ctx))
@@ -268,7 +264,9 @@ func (r *caseRun) logVerdict() {
 	if res.HealthyTime.IsZero() {
 		recovery = "not recovered"
 	}
-	r.lg.Infof("%s %s (targets %s) %s", verdict, recovery, targetList(res.Targets), stressLine)
+	t := r.t
+	r.lg.Infof("%s %s (targets %s) %s; %s", verdict, recovery, targetList(res.Targets), stressLine,
+		htmlreport.Progress(r.index, len(t.cases), r.round, t.s.Limit, time.Since(t.report.Started)))
 }
 
 // salvage heals what is left of a failed case's faults and archives every

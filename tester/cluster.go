@@ -338,3 +338,12 @@ func errSuffix(err error) string {
 	}
 	return "; " + err.Error()
 }
+
+// agents returns every member's agent, in member order.
+func (c *Cluster) agents() []client.Agent {
+	out := make([]client.Agent, len(c.members))
+	for i, m := range c.members {
+		out[i] = m.agent
+	}
+	return out
+}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/etcd-functional/functional/htmlreport"
 )
 
 // metrics are the run's Prometheus metrics, in a registry of their own so
@@ -131,8 +133,13 @@ func (m *metrics) status(ctx context.Context) statusPage {
 }
 
 // handler serves /metrics and /status.
-func (m *metrics) handler() http.Handler {
+// handler serves the metrics, /status and, when reportDir is set, the
+// run's HTML report at / (with the files it links to).
+func (m *metrics) handler(reportDir string) http.Handler {
 	mux := http.NewServeMux()
+	if reportDir != "" {
+		mux.Handle("/", htmlreport.Handler(reportDir))
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -30,7 +30,7 @@ func TestMetricsExposition(t *testing.T) {
 	m.roundDone(false)
 	m.roundDone(true)
 
-	out := scrape(t, m.handler(), "/metrics")
+	out := scrape(t, m.handler(""), "/metrics")
 	for _, want := range []string{
 		"etcd_tester_rounds_total 2",
 		"etcd_tester_round_failures_total 1",
@@ -51,7 +51,7 @@ func TestMetricsExposition(t *testing.T) {
 		t.Error("a case that never recovered has a recovery time")
 	}
 	// Each run has its own registry: a second one starts from zero.
-	if out := scrape(t, newMetrics().handler(), "/metrics"); !strings.Contains(out, "etcd_tester_rounds_total 0\n") {
+	if out := scrape(t, newMetrics().handler(""), "/metrics"); !strings.Contains(out, "etcd_tester_rounds_total 0\n") {
 		t.Errorf("second registry:\n%s", out)
 	}
 }
@@ -59,7 +59,7 @@ func TestMetricsExposition(t *testing.T) {
 func TestStatusPage(t *testing.T) {
 	m := newMetrics()
 	var p statusPage
-	if err := json.Unmarshal([]byte(scrape(t, m.handler(), "/status")), &p); err != nil || p.Round != 0 || len(p.Agents) != 0 {
+	if err := json.Unmarshal([]byte(scrape(t, m.handler(""), "/status")), &p); err != nil || p.Round != 0 || len(p.Agents) != 0 {
 		t.Fatalf("before the cluster: %+v, %v", p, err)
 	}
 	c, fakes := fakeCluster(t, 3)
@@ -67,7 +67,7 @@ func TestStatusPage(t *testing.T) {
 	fakes[2].setFail("Status", io.ErrUnexpectedEOF)
 	m.setCluster(c)
 	m.setCase(4, 2, "SIGSTOP_LEADER")
-	if err := json.Unmarshal([]byte(scrape(t, m.handler(), "/status")), &p); err != nil {
+	if err := json.Unmarshal([]byte(scrape(t, m.handler(""), "/status")), &p); err != nil {
 		t.Fatal(err)
 	}
 	if p.Round != 4 || p.CaseIndex != 2 || p.Case != "SIGSTOP_LEADER" || len(p.Agents) != 3 {
@@ -83,7 +83,7 @@ func TestStatusPage(t *testing.T) {
 
 func TestMetricsServerStops(t *testing.T) {
 	m := newMetrics()
-	stop, addr, err := serve("127.0.0.1:0", m.handler())
+	stop, addr, err := serve("127.0.0.1:0", m.handler(""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,9 +102,9 @@ func TestMetricsServerStops(t *testing.T) {
 	}
 	http.DefaultClient.CloseIdleConnections()
 	// A taken address is a setup error naming the flag.
-	stop2, addr2, _ := serve("127.0.0.1:0", m.handler())
+	stop2, addr2, _ := serve("127.0.0.1:0", m.handler(""))
 	defer stop2()
-	if _, _, err := serve(addr2, m.handler()); err == nil || !strings.Contains(err.Error(), "-metrics-addr") {
+	if _, _, err := serve(addr2, m.handler("")); err == nil || !strings.Contains(err.Error(), "-metrics-addr") {
 		t.Errorf("second listener on %s: %v", addr2, err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/etcd-functional/functional/htmlreport"
 	"github.com/etcd-functional/functional/stresser"
 )
 
@@ -32,8 +33,17 @@ type Report struct {
 	// EtcdVersions maps each member to its etcd binary's release.
 	EtcdVersions map[string]string `json:"etcd_versions,omitempty"`
 	Schedule     []string          `json:"schedule"` // the cases of one round, in order
-	Rounds       []RoundResult     `json:"rounds"`
-	Skipped      []Skip            `json:"skipped"`
+	// Rounds are the most recent rounds, in full; the RoundsDropped
+	// before them are in cases.jsonl (see results.go).
+	Rounds        []RoundResult `json:"rounds"`
+	RoundsDropped int           `json:"rounds_dropped,omitempty"`
+	// Totals sums up every run of each case, Failures holds every failed
+	// case in full (the first reportKeepFailures; FailuresDropped counts
+	// the others), whether or not its round is still in Rounds.
+	Totals          map[string]*CaseTotals `json:"totals,omitempty"`
+	Failures        []FailedCase           `json:"failures,omitempty"`
+	FailuresDropped int                    `json:"failures_dropped,omitempty"`
+	Skipped         []Skip                 `json:"skipped"`
 	// Unhealed lists the faults that could not be undone at the end.
 	Unhealed []string `json:"unhealed,omitempty"`
 }
@@ -113,7 +123,15 @@ func (r *Report) write(dir string) error {
 	}
 	var sum bytes.Buffer
 	r.summary(&sum)
-	return writeAtomic(filepath.Join(dir, SummaryFile), sum.Bytes())
+	if err := writeAtomic(filepath.Join(dir, SummaryFile), sum.Bytes()); err != nil {
+		return err
+	}
+	// The page is a view of results.json; one that cannot be drawn is
+	// logged, and the run goes on with its verdict intact.
+	if err := htmlreport.Write(dir); err != nil {
+		plog.Warningf("report page: %v", err)
+	}
+	return nil
 }
 
 func writeAtomic(path string, data []byte) error {
@@ -160,6 +178,14 @@ func (r *Report) summary(w io.Writer) {
 		}
 	}
 	tw.Flush()
+	ran, passed, failed := 0, 0, 0
+	for _, t := range r.Totals {
+		ran, passed, failed = ran+t.Runs, passed+t.Passed, failed+t.Failed
+	}
+	fmt.Fprintf(w, "cases: %d ran, %d passed, %d failed, %d skipped\n", ran, passed, failed, len(r.Skipped))
+	if r.RoundsDropped > 0 {
+		fmt.Fprintf(w, "the %d rounds before these are in %s\n", r.RoundsDropped, CasesFile)
+	}
 	if len(r.EtcdVersions) > 0 {
 		names := slices.Sorted(maps.Keys(r.EtcdVersions))
 		parts := make([]string, len(names))
@@ -204,13 +230,11 @@ func (r *Report) summary(w io.Writer) {
 // failures counts the failed cases and rounds, for the run's error.
 func (r *Report) failures() string {
 	cases, failed, rounds := 0, 0, 0
+	for _, t := range r.Totals {
+		cases += t.Runs
+		failed += t.Failed
+	}
 	for _, rd := range r.Rounds {
-		for _, c := range rd.Cases {
-			cases++
-			if !c.Passed {
-				failed++
-			}
-		}
 		if rd.Error != "" {
 			rounds++
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,10 +88,14 @@ func TestReportJSONShape(t *testing.T) {
 	if got.Skipped[0]["case"] != "BLACKHOLE_PEER_PORT_TX_RX_ALL" || got.Skipped[0]["reason"] == "" {
 		t.Errorf("skipped: %v", got.Skipped)
 	}
-	// Written atomically: nothing but the two files.
+	// Written atomically: nothing but the files, no temporary left.
 	ents, _ := os.ReadDir(dir)
-	if len(ents) != 2 {
-		t.Errorf("report dir holds %d entries, want results.json and summary.txt", len(ents))
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if want := []string{"index.html", "results.json", "summary.txt"}; !slices.Equal(names, want) {
+		t.Errorf("report dir holds %v, want %v", names, want)
 	}
 }
 

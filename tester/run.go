@@ -82,6 +82,12 @@ type tester struct {
 	seedBoot  int64               // bootstraps so far, to vary the load's seed
 
 	compaction compaction // the last compaction of the current bootstrap
+	casesOut   *casesFile // cases.jsonl
+	// leases keeps the faults this run injects alive while it lives
+	// (renewed from setup, once the agents answered, until Run returns,
+	// through the healing after an interrupt); should it die, the agents
+	// heal them within a lease.
+	leases faultLeaseRenewer
 }
 
 // compaction is where the cluster was last compacted: the next case's
@@ -104,8 +110,15 @@ func (t *tester) run(ctx context.Context) (err error) {
 		Skipped:                []Skip{},
 	}
 
+	cl, err := openCasesFile(s.ReportDir)
+	if err != nil {
+		return setupErr(err)
+	}
+	defer cl.Close()
+	t.casesOut = cl
+
 	if s.MetricsAddr != "" {
-		stop, _, err := serve(s.MetricsAddr, t.metrics.handler())
+		stop, _, err := serve(s.MetricsAddr, t.metrics.handler(s.ReportDir))
 		if err != nil {
 			return setupErr(err)
 		}
@@ -132,12 +145,7 @@ func (t *tester) run(ctx context.Context) (err error) {
 	defer c.Close()
 	t.cluster = c
 	t.metrics.setCluster(c)
-	// The faults this run injects last while it lives and renews them;
-	// should it die, the agents heal them within a lease. Renewal goes on
-	// through the healing after an interrupt, until Run returns.
-	var leases faultLeaseRenewer
-	leases.Start(context.WithoutCancel(ctx), agents, max(s.CaseDelay, time.Second))
-	defer leases.Stop()
+	defer t.leases.Stop()
 
 	if err := t.setup(ctx); err != nil {
 		t.report.Error = err.Error()
@@ -164,6 +172,7 @@ func (t *tester) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agents must answer within %v before a run: %w", agentProbeTimeout, err)
 	}
+	t.leases.Start(context.WithoutCancel(ctx), c.agents(), max(s.CaseDelay, time.Second))
 	backends := make([]string, len(sts))
 	for i, st := range sts {
 		backends[i] = st.NetworkBackend
@@ -240,11 +249,15 @@ func (t *tester) rounds(ctx context.Context) error {
 	failed := false
 rounds:
 	for round := 1; s.Limit < 0 || round <= s.Limit; round++ {
+		t.report.trimRounds()
 		t.report.Rounds = append(t.report.Rounds, RoundResult{Round: round, Passed: true, Cases: []CaseResult{}})
 		rr := &t.report.Rounds[len(t.report.Rounds)-1]
 		for k, cs := range t.cases {
 			res := t.runCase(ctx, round, k+1, cs)
-			rr.Cases = append(rr.Cases, res)
+			t.report.addCase(rr, res)
+			if err := t.casesOut.append(round, res); err != nil {
+				plog.Errorf("%v", err)
+			}
 			rr.Passed = rr.Passed && res.Passed
 			t.metrics.caseDone(res)
 			t.save()

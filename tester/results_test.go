@@ -1,0 +1,87 @@
+package tester
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/etcd-functional/functional/stresser"
+)
+
+// TestReportStaysBounded: however many cases a run plays, results.json
+// keeps the totals of all, every failure, and only the latest rounds in
+// full; cases.jsonl gets every case, one line each, of about the same
+// size, with the series of passed cases left out.
+func TestReportStaysBounded(t *testing.T) {
+	dir := t.TempDir()
+	out, err := openCasesFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	r := Report{Rounds: []RoundResult{}, Skipped: []Skip{}}
+	series := make([]stresser.SecondStat, 20)
+	const rounds, perRound = 60, 29
+	var sizes []int
+	for round := 1; round <= rounds; round++ {
+		r.trimRounds()
+		r.Rounds = append(r.Rounds, RoundResult{Round: round, Passed: true})
+		rr := &r.Rounds[len(r.Rounds)-1]
+		for k := 1; k <= perRound; k++ {
+			res := CaseResult{Case: "SIGKILL_LEADER", Index: k, Passed: k != 7 || round%10 != 0,
+				RecoverySeconds: float64(k) / 10, HealthyTime: time.Now(),
+				Stress: &stresser.Stats{QPS: 1000, Series: series}}
+			r.addCase(rr, res)
+			if err := out.append(round, res); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b, _ := json.Marshal(r)
+		sizes = append(sizes, len(b))
+	}
+	if first, last := sizes[15], sizes[len(sizes)-1]; last > first+first/10 {
+		t.Errorf("results.json grew from %d bytes (round 16) to %d (round %d); want it flat", first, last, rounds)
+	}
+	kept := 0
+	for _, rd := range r.Rounds {
+		kept += len(rd.Cases)
+	}
+	if kept < reportKeepCases || kept > reportKeepCases+2*perRound || r.RoundsDropped+len(r.Rounds) != rounds {
+		t.Errorf("kept %d cases in %d rounds, %d dropped; want %d..%d cases", kept, len(r.Rounds), r.RoundsDropped, reportKeepCases, reportKeepCases+2*perRound)
+	}
+	tot := r.Totals["SIGKILL_LEADER"]
+	if tot.Runs != rounds*perRound || tot.Failed != rounds/10 || len(r.Failures) != rounds/10 || tot.Recovery.Count != rounds*perRound {
+		t.Errorf("totals %+v, %d failures kept", tot, len(r.Failures))
+	}
+	if tot.Recovery.Min != 0.1 || tot.Recovery.Max != 2.9 {
+		t.Errorf("recovery distribution %+v", tot.Recovery)
+	}
+
+	f, err := os.Open(filepath.Join(dir, CasesFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	lines, withSeries := 0, 0
+	for sc.Scan() {
+		var l CaseLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("line %d: %v", lines+1, err)
+		}
+		if l.Stress != nil && len(l.Stress.Series) > 0 {
+			if l.Passed {
+				t.Fatalf("line %d: a passed case kept its series", lines+1)
+			}
+			withSeries++
+		}
+		lines++
+	}
+	if lines != rounds*perRound || withSeries != rounds/10 {
+		t.Errorf("%s: %d lines, %d with a series; want %d and %d", CasesFile, lines, withSeries, rounds*perRound, rounds/10)
+	}
+}
