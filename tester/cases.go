@@ -29,7 +29,10 @@ type Env struct {
 	PeerPorts []int
 	// Backends holds each agent's Status.NetworkBackend; nil until the
 	// agents have answered.
-	Backends     []string
+	Backends []string
+	// NoFailpoints says why an agent's etcd cannot take failpoints;
+	// empty if every one can, or before the agents have answered.
+	NoFailpoints string
 	PeerProxy    bool // -peer-proxy
 	StressWrites bool // the load writes keys
 }

@@ -24,7 +24,28 @@ var wantCases = []string{
 	"DELAY_PEER_PORT_TX_RX_QUORUM", "DELAY_PEER_PORT_TX_RX_ALL",
 	"RANDOM_DELAY_PEER_PORT_TX_RX_ONE_FOLLOWER", "RANDOM_DELAY_PEER_PORT_TX_RX_LEADER",
 	"RANDOM_DELAY_PEER_PORT_TX_RX_QUORUM", "RANDOM_DELAY_PEER_PORT_TX_RX_ALL",
-	"SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "NO_FAIL_WITH_STRESS", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS",
+	"SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "FAILPOINTS", "FAILPOINTS_WITH_DISK_IO_LATENCY",
+	"NO_FAIL_WITH_STRESS", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS",
+}
+
+// TestFailpointCasesNeedAFailpointBuild: without failpoints in the
+// members' etcd, the FAILPOINTS cases are skipped with the reason and how
+// to get them, never faked.
+func TestFailpointCasesNeedAFailpointBuild(t *testing.T) {
+	env := env3()
+	env.NoFailpoints = "the etcd of agent 10.0.0.1:9027 has no failpoints: built without gofail"
+	_, skipped, err := selectCases(Catalogue(DefaultConfig()), nil, nil, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"FAILPOINTS", "FAILPOINTS_WITH_DISK_IO_LATENCY"} {
+		if r := skipReason(skipped, n); !strings.Contains(r, "built without gofail") || !strings.Contains(r, "FAILPOINTS=1") {
+			t.Errorf("%s without failpoints: skip reason %q", n, r)
+		}
+	}
+	if _, _, err := selectCases(Catalogue(DefaultConfig()), []string{"FAILPOINTS"}, nil, env); err == nil {
+		t.Error("FAILPOINTS asked for by name without failpoints: no error")
+	}
 }
 
 func TestCatalogue(t *testing.T) {

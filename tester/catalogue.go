@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"time"
 )
 
 // Catalogue returns every case, in the default order of a round.
@@ -31,6 +32,7 @@ func Catalogue(cfg Config) []Case {
 	add(blackhole{}, leader{}, quorum{}, all{})
 	add(fixedDelay(cfg.ElectionTimeout), oneFollower{}, leader{}, quorum{}, all{})
 	add(randomDelay(cfg.ElectionTimeout), oneFollower{}, leader{}, quorum{}, all{})
+	cs = append(cs, &failpointCase{}, &failpointCase{diskLatency: 200 * time.Millisecond})
 	cs = append(cs,
 		noFail{stress: true, budget: stressFailureBudget, qps: cfg.Stresser.QPS},
 		noFail{stress: false})

@@ -1,6 +1,7 @@
 package tester
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -211,9 +212,14 @@ func (c Config) normalize() (*settings, error) {
 
 // selectCases selects the cases of the run in the environment known so
 // far and the agents' network backends (nil until they have answered).
-func (s *settings) selectCases(backends []string) ([]Case, []Skip, error) {
+func (s *settings) selectCases(sts []wire.Status) ([]Case, []Skip, error) {
 	env := s.env
-	env.Backends = backends
+	for i, st := range sts {
+		env.Backends = append(env.Backends, st.NetworkBackend)
+		if !st.Failpoints && env.NoFailpoints == "" {
+			env.NoFailpoints = fmt.Sprintf("the etcd of agent %s has no failpoints: %s", s.AgentEndpoints[i], cmp.Or(st.FailpointsReason, "unknown why"))
+		}
+	}
 	return selectCases(Catalogue(s.Config), s.Cases, s.ScheduleCases, env)
 }
 

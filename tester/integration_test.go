@@ -15,6 +15,7 @@ import (
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/agent/wire"
 	"github.com/etcd-functional/functional/internal/agenttest"
+	"github.com/etcd-functional/functional/internal/etcdtest"
 	"github.com/etcd-functional/functional/tester"
 )
 
@@ -215,5 +216,94 @@ func TestRunFailedCaseArchivesAndGoesOn(t *testing.T) {
 	}
 	if !next.Passed {
 		t.Errorf("the case after the failure, on a new cluster: %q", next.Error)
+	}
+}
+
+// TestRunFailpoints runs the FAILPOINTS cases against real agents and an
+// etcd built with failpoints (make build FAILPOINTS=1): the failpoint is
+// armed, fires (a panic takes its members down, a sleep slows the leader's
+// disk), is disarmed, the members it made panic are restarted, and the
+// cluster recovers and checks out.
+func TestRunFailpoints(t *testing.T) {
+	bin, err := etcdtest.ReleaseBinary("v3.7.3-failpoints")
+	if err != nil {
+		t.Skipf("no failpoint build: %v", err)
+	}
+	t.Setenv(etcdtest.EnvBinary, bin)
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	cfg.Cases = []string{"FAILPOINTS", "FAILPOINTS_WITH_DISK_IO_LATENCY"}
+	cfg.Limit = 2
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	err = tester.Run(ctx, cfg)
+	r := readResults(t, cfg.ReportDir)
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			t.Logf("round %d %-32s passed=%v recovery=%.2fs targets=%v err=%s", rd.Round, c.Case, c.Passed, c.RecoverySeconds, c.Targets, c.Error)
+			if c.Passed && (len(c.Targets) == 0 || c.HealthyTime.IsZero()) {
+				t.Errorf("%s: passed without targets or recovery: %+v", c.Case, c)
+			}
+		}
+	}
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(r.Rounds) != 2 || len(r.Skipped) != 0 {
+		t.Fatalf("rounds %d, skipped %v", len(r.Rounds), r.Skipped)
+	}
+}
+
+// TestRunCatchesHistoricalBugs runs the suite on real etcd releases with
+// bugs that shipped, and passes only if the suite fails them for the right
+// reason: v3.6.16 and v3.5.15 diverge for good under the load's past-read
+// txns once a compaction has happened (etcd #18667: the member serving the
+// txn refuses it as compacted, the others apply it), which the hash check
+// must name; v3.5.15 also loses the delete at the compaction revision from
+// a watch that starts there (etcd #18089), which the compaction on a
+// tombstone after the first case must name. The releases are built by
+// `make etcd-releases` (bin/etcd-vX.Y.Z); a release not built is skipped.
+func TestRunCatchesHistoricalBugs(t *testing.T) {
+	for _, tc := range []struct {
+		release string
+		want    []string // in the run's error, all of them
+	}{
+		{"v3.6.16", []string{"hash check", "differ"}},
+		{"v3.5.15", []string{"etcd #18089", "resumable"}},
+	} {
+		t.Run(tc.release, func(t *testing.T) {
+			bin, err := etcdtest.ReleaseBinary(tc.release)
+			if err != nil {
+				t.Skipf("%v", err)
+			}
+			t.Setenv(etcdtest.EnvBinary, bin)
+			ta := startAgents(t, 3)
+			cfg := ta.config(t)
+			// The same quiet case three times: the first compacts on a
+			// tombstone, the next ones read the compacted past.
+			cfg.Cases = []string{"NO_FAIL_WITH_STRESS"}
+			cfg.ScheduleCases = []int{0, 0, 0}
+			cfg.Stresser.QPS = 600
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			err = tester.Run(ctx, cfg)
+			r := readResults(t, cfg.ReportDir)
+			var all []string
+			for _, rd := range r.Rounds {
+				for _, c := range rd.Cases {
+					t.Logf("case %d %s passed=%v: %s", c.Index, c.Case, c.Passed, c.Error)
+					all = append(all, c.Error)
+				}
+			}
+			if err == nil || r.Passed {
+				t.Fatalf("etcd %s passed the suite; want it failed (%s)", tc.release, strings.Join(tc.want, ", "))
+			}
+			got := strings.Join(all, "\n")
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("etcd %s failed, but no case's error says %q:\n%s", tc.release, w, got)
+				}
+			}
+		})
 	}
 }

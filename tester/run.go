@@ -173,10 +173,6 @@ func (t *tester) setup(ctx context.Context) error {
 		return fmt.Errorf("agents must answer within %v before a run: %w", agentProbeTimeout, err)
 	}
 	t.leases.Start(context.WithoutCancel(ctx), c.agents(), max(s.CaseDelay, time.Second))
-	backends := make([]string, len(sts))
-	for i, st := range sts {
-		backends[i] = st.NetworkBackend
-	}
 	t.report.EtcdVersions = map[string]string{}
 	var versions []string
 	for _, m := range c.members {
@@ -188,7 +184,7 @@ func (t *tester) setup(ctx context.Context) error {
 	}
 	plog.Infof("etcd versions: %s", strings.Join(versions, ", "))
 	var skipped []Skip
-	t.cases, skipped, err = s.selectCases(backends)
+	t.cases, skipped, err = s.selectCases(sts)
 	t.report.Skipped = append(t.report.Skipped, skipped...)
 	if err != nil {
 		return err
