@@ -1,0 +1,124 @@
+package stresser
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/etcd-functional/functional/checker/linearizability"
+	"github.com/etcd-functional/functional/history"
+	"github.com/etcd-functional/functional/internal/etcdtest"
+)
+
+// checkHistory takes the paused stresser's history and checks it; it must
+// pass.
+func checkHistory(t *testing.T, s *Composite) history.History {
+	t.Helper()
+	h, err := s.History()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[history.Kind]int{}
+	failed := 0
+	for _, o := range h.Ops {
+		if o.Failed() {
+			failed++
+			if failed <= 5 {
+				t.Logf("failed: %s", o)
+			}
+		} else {
+			kinds[o.Request.Kind]++
+		}
+	}
+	res := linearizability.Check(h, time.Minute)
+	t.Logf("%d ops over %v (%d failed, dropped %d) by kind %v: %s, %d checked in %v", len(h.Ops), h.Duration().Round(time.Millisecond),
+		failed, h.Dropped, kinds, res.Verdict, res.Ops, res.Duration)
+	if res.Verdict != linearizability.Pass {
+		html, js, err := res.Save(t.TempDir(), "history")
+		t.Fatalf("%s: %s (files %s %s %v)", res.Verdict, res.Error, html, js, err)
+	}
+	for _, k := range []history.Kind{history.Get, history.Put, history.Delete, history.Txn, history.LeaseGrant} {
+		if kinds[k] == 0 {
+			t.Errorf("no successful %s in %v", k, h.Duration())
+		}
+	}
+	if len(h.Ops) == 0 || !h.Ops[0].Request.Snapshot && !h.Ops[0].Request.Writes() {
+		t.Errorf("history does not start with the snapshot (or a lease cleanup): %v", h.Ops[:min(1, len(h.Ops))])
+	}
+	return h
+}
+
+// TestHistoryStresserLinearizable runs the history stresser beside the
+// bulk load on a real healthy cluster, through two intervals, and checks
+// each interval's history for linearizability.
+func TestHistoryStresserLinearizable(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3)
+	ignore := goleak.IgnoreCurrent()
+	cfg := testConfig(c.ClientURLs(), NameKeys, NameLease, NameHistory)
+	s := mustNew(t, cfg)
+	if _, err := s.History(); err != nil {
+		t.Fatalf("History before Stress: %v", err)
+	}
+	if err := s.Stress(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if _, err := s.History(); err == nil {
+		t.Error("History while running: no error")
+	}
+	st := s.Pause()
+	if st.Unexpected > 0 {
+		t.Fatalf("unexpected errors: %v", st.Errors)
+	}
+	h1 := checkHistory(t, s)
+
+	// A member killed and restarted in the next interval: failed and
+	// unknown-outcome requests, still linearizable.
+	s.Resume()
+	time.Sleep(time.Second)
+	if err := c.Member(0).Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if err := c.Member(0).Restart(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	s.Pause()
+	h2 := checkHistory(t, s)
+	if h2.Ops[0].Call < h1.Ops[len(h1.Ops)-1].Call {
+		t.Error("second window overlaps the first")
+	}
+	s.Close()
+	// The restart started the member's own goroutines and health probes.
+	goleak.VerifyNone(t, ignore,
+		goleak.IgnoreAnyFunction("github.com/etcd-functional/functional/internal/etcdtest.(*Member).launch.func1"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
+		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"))
+}
+
+func TestHistoryConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Endpoints = []string{"127.0.0.1:2379"}
+	cfg.Names = []string{NameHistory}
+	cfg.History = HistoryConfig{}
+	err := cfg.Validate()
+	if err == nil {
+		t.Fatal("zero HistoryConfig accepted")
+	}
+	for _, f := range []string{"History.Clients", "History.Keys", "History.QPS", "History.MaxOps"} {
+		if !strings.Contains(err.Error(), f) {
+			t.Errorf("error does not name %s: %v", f, err)
+		}
+	}
+	s, err := New(func() Config { c := cfg; c.Names = []string{NameKeys}; return c }())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.History(); err == nil {
+		t.Error("History without the history stresser: no error")
+	}
+}
