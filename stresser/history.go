@@ -85,7 +85,17 @@ type historyStresser struct {
 
 	mu     sync.Mutex
 	leases map[int64]bool // granted and not known to be revoked
+
+	// carry holds the unknown-outcome writes at the end of the last
+	// window taken: they may still take effect in the next one.
+	carry []history.Op
 }
+
+// carryOver is how long after its failure a write of unknown outcome is
+// still carried into the next window. A request cut off by Pause, or one
+// proposed just before a fault, is applied (or dropped for good) within a
+// request timeout and an election or two.
+func (s *historyStresser) carryOver() time.Duration { return s.cfg.RequestTimeout + 5*time.Second }
 
 func newHistoryStresser(cfg Config, lim limiter, rec *recorder) *historyStresser {
 	s := &historyStresser{cfg: cfg, shared: lim, rec: rec,
@@ -448,8 +458,10 @@ func rangeResponse(rev, count int64, kvs []*mvccpb.KeyValue) *history.Response {
 // History takes the operations the history stresser recorded since the
 // previous call (each interval, from Stress or Resume to Pause, starts
 // with a snapshot read of every key) out of the stresser, for a checker
-// such as checker/linearizability. Call it while paused, e.g. once per
-// case after recovery; while the load runs it refuses, because requests in
+// such as checker/linearizability. Writes of unknown outcome that failed
+// shortly before the previous window ended come first: they may have
+// taken effect only in this one. Call it while paused, e.g. once per case
+// after recovery; while the load runs it refuses, because requests in
 // flight would be cut in half.
 func (c *Composite) History() (history.History, error) {
 	c.mu.Lock()
@@ -467,5 +479,17 @@ func (c *Composite) History() (history.History, error) {
 		return history.History{}, errors.New("stresser: History while the load runs; Pause first")
 	}
 	hs.full.Store(false)
-	return hs.hist.Cut(0, hs.hist.Now()), nil
+	now := hs.hist.Now()
+	h := hs.hist.Cut(0, now)
+	carried := hs.carry
+	hs.carry = nil
+	for _, o := range h.Ops {
+		if o.Unknown() && o.Return >= now-hs.carryOver() {
+			hs.carry = append(hs.carry, o)
+		}
+	}
+	if len(carried) > 0 {
+		h.Ops = append(carried, h.Ops...)
+	}
+	return h, nil
 }
