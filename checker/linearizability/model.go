@@ -1,8 +1,9 @@
 package linearizability
 
 import (
+	"encoding/binary"
 	"fmt"
-	"hash/fnv"
+	"hash/maphash"
 	"slices"
 	"strings"
 
@@ -68,13 +69,33 @@ func equalStates(a, b *state) bool {
 	return a.rev == b.rev && slices.Equal(a.kvs, b.kvs) && slices.Equal(a.leases, b.leases)
 }
 
+// seed makes hashState's hashes the same in every check of a process.
+var seed = maphash.MakeSeed()
+
 func hashState(s *state) uint64 {
-	h := fnv.New64a()
-	fmt.Fprint(h, s.rev)
-	for _, k := range s.kvs {
-		fmt.Fprint(h, k.key, "\x00", k.value, "\x00", k.mod, k.create, k.version, k.lease, k.lo, k.hi)
+	var h maphash.Hash
+	h.SetSeed(seed)
+	var buf [8]byte
+	num := func(v int64) {
+		binary.LittleEndian.PutUint64(buf[:], uint64(v))
+		h.Write(buf[:])
 	}
-	fmt.Fprint(h, s.leases)
+	num(s.rev)
+	for _, k := range s.kvs {
+		h.WriteString(k.key)
+		h.WriteByte(0)
+		h.WriteString(k.value)
+		h.WriteByte(0)
+		num(k.mod)
+		num(k.create)
+		num(k.version)
+		num(k.lease)
+		num(k.lo)
+		num(k.hi)
+	}
+	for _, l := range s.leases {
+		num(l)
+	}
 	return h.Sum64()
 }
 
