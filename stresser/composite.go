@@ -141,7 +141,7 @@ func New(cfg Config) (*Composite, error) {
 		case NameNop:
 			c.members = append(c.members, nopStresser{})
 		case NameHistory:
-			c.members = append(c.members, newHistoryStresser(cfg, lim, rec))
+			c.members = append(c.members, newHistoryStresser(cfg, rec))
 		}
 	}
 	return c, nil

@@ -37,7 +37,8 @@ type Config struct {
 	Endpoints []string
 	// Names selects the stressers (see ValidNames); each name at most once.
 	Names []string
-	// QPS is the cluster-wide request rate shared by every stresser.
+	// QPS is the cluster-wide request rate shared by every stresser
+	// but the history stresser, which has its own (History.QPS).
 	QPS int
 	// Seed makes the choice of operations, keys and leases repeatable.
 	Seed int64
