@@ -2,6 +2,7 @@ package linearizability
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,13 @@ func newHB() *hb {
 	b.ok(0, history.Cluster, 0, 1, history.Request{Kind: history.Get, Key: "k", End: "l", Snapshot: true},
 		&history.Response{Revision: 10, Count: 1, KVs: []history.KV{hkv("k", "v0", 5, 5, 1)}})
 	return b
+}
+
+// fork copies b, so that two histories can go on from one prefix.
+func (b *hb) fork() *hb {
+	c := *b
+	c.h.Ops = slices.Clone(b.h.Ops)
+	return &c
 }
 
 func hkv(key, value string, mod, create, version int64) history.KV {
@@ -114,7 +122,7 @@ func TestReadAtRevision(t *testing.T) {
 		return history.Request{Kind: history.Get, Key: k, Revision: r}
 	}
 	base := newHB().ok(1, m1, 2, 3, put("k", "v1"), rev(11))
-	good := *base
+	good := base.fork()
 	good.ok(2, m2, 4, 5, at("k", 10), read(11, hkv("k", "v0", 5, 5, 1)))
 	mustVerdict(t, good.h, Pass)
 	// At revision 11 the key has been v1 since 11.
@@ -160,11 +168,19 @@ func TestLeases(t *testing.T) {
 		ok(1, m1, 4, 5, history.Request{Kind: history.Put, Key: "j", Value: "l1", Lease: 0x55}, rev(11)).
 		ok(2, m2, 6, 7, get("j"), read(11, history.KV{Key: "j", Value: "l1", ModRevision: 11, CreateRevision: 11, Version: 1, Lease: 0x55})).
 		ok(1, m1, 8, 9, history.Request{Kind: history.LeaseRevoke, Lease: 0x55}, rev(12))
-	good := *b
+	good := b.fork()
 	good.ok(2, m2, 10, 11, get("j"), read(12))
 	mustVerdict(t, good.h, Pass)
 	b.ok(2, m2, 10, 11, get("j"), read(12, history.KV{Key: "j", Value: "l1", ModRevision: 11, CreateRevision: 11, Version: 1, Lease: 0x55}))
 	mustVerdict(t, b.h, Fail, "has 1 keys (count 1), want 0")
+
+	// A put with a revoked lease cannot succeed; a lease the snapshot
+	// could not show (it has no keys) can be revoked.
+	reuse := good.fork()
+	reuse.ok(1, m1, 12, 13, history.Request{Kind: history.Put, Key: "j", Value: "l2", Lease: 0x55}, rev(13))
+	mustVerdict(t, reuse.h, Fail, "with lease 55, which was revoked")
+	unseen := newHB().ok(1, m1, 2, 3, history.Request{Kind: history.LeaseRevoke, Lease: 0x77}, rev(10))
+	mustVerdict(t, unseen.h, Pass)
 }
 
 func TestNoSnapshotIsUnknown(t *testing.T) {

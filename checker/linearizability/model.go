@@ -21,7 +21,14 @@ type state struct {
 	rev    int64
 	kvs    []kv    // sorted by key
 	leases []int64 // sorted; the leases known to exist
+	// gone are the leases most recently revoked, at most maxGone, oldest
+	// first. A lease in neither list may exist: the snapshot cannot show
+	// a lease without keys. Forgetting a revoked lease only makes the
+	// model more lenient.
+	gone []int64
 }
+
+const maxGone = 16
 
 // kv is one key of a state. A write whose outcome is unknown took effect at
 // a revision nobody was told: its mod revision is then 0 and lies in
@@ -36,7 +43,7 @@ type kv struct {
 }
 
 func (s *state) clone() *state {
-	return &state{rev: s.rev, kvs: slices.Clone(s.kvs), leases: slices.Clone(s.leases)}
+	return &state{rev: s.rev, kvs: slices.Clone(s.kvs), leases: slices.Clone(s.leases), gone: slices.Clone(s.gone)}
 }
 
 func (s *state) find(key string) (int, bool) {
@@ -46,6 +53,15 @@ func (s *state) find(key string) (int, bool) {
 func (s *state) hasLease(id int64) bool {
 	_, ok := slices.BinarySearch(s.leases, id)
 	return ok
+}
+
+func (s *state) leaseGone(id int64) bool { return slices.Contains(s.gone, id) }
+
+// addLease records that lease id exists.
+func (s *state) addLease(id int64) {
+	if i, ok := slices.BinarySearch(s.leases, id); !ok {
+		s.leases = slices.Insert(s.leases, i, id)
+	}
 }
 
 func inRange(key, from, end string) bool {
@@ -66,7 +82,7 @@ func (s *state) rangeIdx(from, end string) []int {
 }
 
 func equalStates(a, b *state) bool {
-	return a.rev == b.rev && slices.Equal(a.kvs, b.kvs) && slices.Equal(a.leases, b.leases)
+	return a.rev == b.rev && slices.Equal(a.kvs, b.kvs) && slices.Equal(a.leases, b.leases) && slices.Equal(a.gone, b.gone)
 }
 
 // seed makes hashState's hashes the same in every check of a process.
@@ -96,6 +112,10 @@ func hashState(s *state) uint64 {
 	for _, l := range s.leases {
 		num(l)
 	}
+	num(-1)
+	for _, l := range s.gone {
+		num(l)
+	}
 	return h.Sum64()
 }
 
@@ -111,6 +131,9 @@ func (s *state) String() string {
 	}
 	if len(s.leases) > 0 {
 		fmt.Fprintf(&b, " leases=%x", s.leases)
+	}
+	if len(s.gone) > 0 {
+		fmt.Fprintf(&b, " revoked=%x", s.gone)
 	}
 	return b.String()
 }
@@ -179,9 +202,8 @@ func snapshotState(resp *history.Response) *state {
 	for _, g := range resp.KVs {
 		s.kvs = append(s.kvs, kv{key: g.Key, value: g.Value, mod: g.ModRevision, create: g.CreateRevision,
 			version: g.Version, lease: g.Lease})
-		if g.Lease != 0 && !s.hasLease(g.Lease) {
-			s.leases = append(s.leases, g.Lease)
-			slices.Sort(s.leases)
+		if g.Lease != 0 {
+			s.addLease(g.Lease)
 		}
 	}
 	slices.SortFunc(s.kvs, func(a, b kv) int { return strings.Compare(a.key, b.key) })
@@ -219,8 +241,11 @@ type txnExec struct {
 }
 
 func (e *txnExec) put(key, value string, lease int64) string {
-	if lease != 0 && !e.s.hasLease(lease) {
-		return fmt.Sprintf("put to %q with lease %x, which the model says does not exist", key, lease)
+	if lease != 0 {
+		if e.s.leaseGone(lease) {
+			return fmt.Sprintf("put to %q with lease %x, which was revoked", key, lease)
+		}
+		e.s.addLease(lease)
 	}
 	n := kv{key: key, value: value, mod: e.rev, lease: lease, version: 1, create: e.rev}
 	if e.unknown {
@@ -417,14 +442,13 @@ func applyKnown(s *state, req history.Request, resp *history.Response) (*state, 
 			}
 		}
 	case history.LeaseGrant:
-		if resp.Lease == 0 || e.s.hasLease(resp.Lease) {
-			return nil, fmt.Sprintf("granted lease %x, which already exists", resp.Lease)
+		if resp.Lease == 0 || e.s.hasLease(resp.Lease) || e.s.leaseGone(resp.Lease) {
+			return nil, fmt.Sprintf("granted lease %x, which already exists or was revoked", resp.Lease)
 		}
-		i, _ := slices.BinarySearch(e.s.leases, resp.Lease)
-		e.s.leases = slices.Insert(e.s.leases, i, resp.Lease)
+		e.s.addLease(resp.Lease)
 	case history.LeaseRevoke:
-		if !e.s.hasLease(req.Lease) {
-			return nil, fmt.Sprintf("revoked lease %x, which the model says does not exist", req.Lease)
+		if e.s.leaseGone(req.Lease) {
+			return nil, fmt.Sprintf("revoked lease %x, which was already revoked", req.Lease)
 		}
 		e.revoke(req.Lease)
 	default:
@@ -457,8 +481,13 @@ func (e *txnExec) txnOp(o history.Request, got *history.Response) string {
 }
 
 func (e *txnExec) revoke(lease int64) {
-	i, _ := slices.BinarySearch(e.s.leases, lease)
-	e.s.leases = slices.Delete(e.s.leases, i, i+1)
+	if i, ok := slices.BinarySearch(e.s.leases, lease); ok {
+		e.s.leases = slices.Delete(e.s.leases, i, i+1)
+	}
+	if len(e.s.gone) == maxGone {
+		e.s.gone = slices.Delete(e.s.gone, 0, 1)
+	}
+	e.s.gone = append(e.s.gone, lease)
 	kept := e.s.kvs[:0]
 	for _, k := range e.s.kvs {
 		if k.lease == lease {
@@ -513,7 +542,7 @@ func applyUnknown(s *state, req history.Request) []*state {
 	case history.Delete:
 		e.del(req.Key, req.End)
 	case history.LeaseRevoke:
-		if !e.s.hasLease(req.Lease) {
+		if e.s.leaseGone(req.Lease) {
 			return nil
 		}
 		e.revoke(req.Lease)
