@@ -24,6 +24,9 @@ func checkHistory(t *testing.T, s *Composite) history.History {
 	kinds := map[history.Kind]int{}
 	failed := 0
 	for _, o := range h.Ops {
+		if o.Pending {
+			t.Errorf("Pause left a request half-recorded: %s", o)
+		}
 		if o.Failed() {
 			failed++
 			if failed <= 5 {
