@@ -2,6 +2,8 @@ package stresser
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,6 +100,7 @@ func TestHistoryStresserLinearizable(t *testing.T) {
 			t.Errorf("second window holds %s from the first", o)
 		}
 	}
+	tampered(t, h1)
 	s.Close()
 	// The restart started the member's own goroutines and health probes.
 	goleak.VerifyNone(t, ignore,
@@ -127,4 +130,33 @@ func TestHistoryConfig(t *testing.T) {
 	if _, err := s.History(); err == nil {
 		t.Error("History without the history stresser: no error")
 	}
+}
+
+// tampered shows that the checker sees a wrong answer in a real history:
+// one read's mod revision off by one fails the check, naming that read.
+func tampered(t *testing.T, h history.History) {
+	t.Helper()
+	h.Ops = slices.Clone(h.Ops)
+	for i := len(h.Ops) - 1; i >= 0; i-- {
+		o := h.Ops[i]
+		if o.Request.Kind != history.Get || o.Request.Revision != 0 || o.Failed() || len(o.Response.KVs) == 0 {
+			continue
+		}
+		resp := *o.Response
+		resp.KVs = slices.Clone(resp.KVs)
+		resp.KVs[0].ModRevision++
+		h.Ops[i].Response = &resp
+		res := linearizability.Check(h, time.Minute)
+		if res.Verdict != linearizability.Fail || !strings.Contains(res.Error, fmt.Sprintf("operation #%d,", i)) ||
+			!strings.Contains(res.Error, "mod revision") {
+			t.Fatalf("read #%d with a wrong mod revision: %s: %s", i, res.Verdict, res.Error)
+		}
+		html, js, err := res.Save(t.TempDir(), "tampered")
+		if err != nil || html == "" || js == "" {
+			t.Fatalf("save: %q %q %v", html, js, err)
+		}
+		t.Logf("tampered read found: %s", res.Error)
+		return
+	}
+	t.Fatal("no read with a key to tamper with")
 }

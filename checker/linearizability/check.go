@@ -302,7 +302,9 @@ func modelStep(st any, p *input) ([]any, string) {
 
 // explain names the first operation the model could not place: the one
 // with the earliest return among those left out of the longest partial
-// linearization, with why it fits none of the model's states there.
+// linearization, with why it fits none of the model's states at the
+// latest point of that linearization where its times and its header
+// revision allow it.
 func explain(model porcupine.Model, ops []porcupine.Operation, info porcupine.LinearizationInfo) string {
 	var longest []int
 	for _, part := range info.PartialLinearizations() {
@@ -312,10 +314,11 @@ func explain(model porcupine.Model, ops []porcupine.Operation, info porcupine.Li
 			}
 		}
 	}
-	states := model.Init()
+	states := make([]any, len(longest)+1)
+	states[0] = model.Init()
 	placed := map[int]bool{}
-	for _, id := range longest {
-		_, states = model.Step(states, ops[id].Input, ops[id].Output)
+	for i, id := range longest {
+		_, states[i+1] = model.Step(states[i], ops[id].Input, ops[id].Output)
 		placed[id] = true
 	}
 	first := -1
@@ -327,10 +330,30 @@ func explain(model porcupine.Model, ops []porcupine.Operation, info porcupine.Li
 	if first < 0 {
 		return "not linearizable"
 	}
-	p := ops[first].Input.(*input)
-	var whys []string
-	var desc []string
-	for _, st := range states.([]any) {
+	op := ops[first]
+	p := op.Input.(*input)
+	// Where it could go: after every op that returned before its call,
+	// before every op called after its return.
+	lo, hi := 0, len(longest)
+	for j, id := range longest {
+		if ops[id].Return < op.Call {
+			lo = j + 1
+		}
+	}
+	for j, id := range longest {
+		if ops[id].Call > op.Return {
+			hi = j
+			break
+		}
+	}
+	at := lo
+	for k := lo; k <= hi && p.op.Response != nil; k++ {
+		if maxRev(states[k]) <= p.op.Response.Revision {
+			at = k
+		}
+	}
+	var whys, desc []string
+	for _, st := range states[at].([]any) {
 		_, why := modelStep(st, p)
 		if why == "" {
 			why = "fits this state, but no order of the operations around it does"
@@ -342,6 +365,17 @@ func explain(model porcupine.Model, ops []porcupine.Operation, info porcupine.Li
 	whys = slices.Compact(whys)
 	var b strings.Builder
 	fmt.Fprintf(&b, "not linearizable: operation #%d, %s: %s", p.index, p.op, strings.Join(whys, "; "))
-	fmt.Fprintf(&b, " (after %d of %d operations placed; model state: %s)", len(longest), len(ops), strings.Join(desc, " or "))
+	fmt.Fprintf(&b, " (placed after %d of %d operations; model state there: %s)", at, len(ops), strings.Join(desc, " or "))
 	return b.String()
+}
+
+// maxRev is the highest revision among a set of model states.
+func maxRev(st any) int64 {
+	var r int64
+	for _, s := range st.([]any) {
+		if s, ok := s.(*state); ok {
+			r = max(r, s.rev)
+		}
+	}
+	return r
 }
