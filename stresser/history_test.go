@@ -2,12 +2,14 @@ package stresser
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.uber.org/goleak"
 
 	"github.com/etcd-functional/functional/checker/linearizability"
@@ -80,6 +82,17 @@ func TestHistoryStresserLinearizable(t *testing.T) {
 	}
 	h1 := checkHistory(t, s)
 
+	// Compacted as the tester does between cases: reads at a past
+	// revision may now fail, as expected.
+	cli, err := newClient(c.ClientURLs())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(context.Background(), revision(t, cli)); err != nil {
+		t.Fatal(err)
+	}
+	cli.Close()
+
 	// A member killed and restarted in the next interval: failed and
 	// unknown-outcome requests, still linearizable.
 	s.Resume()
@@ -92,7 +105,11 @@ func TestHistoryStresserLinearizable(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
-	s.Pause()
+	st = s.Pause()
+	if st.Unexpected > 0 {
+		t.Errorf("unexpected errors: %v", st.Errors)
+	}
+	t.Logf("second interval: %v, errors %v", st, st.Errors)
 	h2 := checkHistory(t, s)
 	// Only writes of unknown outcome are carried over from the first.
 	for _, o := range h2.Ops {
@@ -101,6 +118,16 @@ func TestHistoryStresserLinearizable(t *testing.T) {
 		}
 	}
 	tampered(t, h1)
+
+	// A read at a compacted revision fails as expected, not as a bug.
+	hs := s.members[len(s.members)-1].(*historyStresser)
+	hc := &historyClient{id: 9, member: history.Cluster, cli: s.conns.all, mods: map[string]int64{}}
+	if _, err := hs.do(context.Background(), hc, history.Request{Kind: history.Get, Key: historyPrefix, Revision: 1}); !errors.Is(err, rpctypes.ErrCompacted) {
+		t.Errorf("read at revision 1 after compaction: %v", err)
+	}
+	if st := s.rec.snapshot(time.Now()); st.Unexpected != 0 || st.Errors[classCompacted] != 1 {
+		t.Errorf("read at a compacted revision counted as %v", st.Errors)
+	}
 	s.Close()
 	// The restart started the member's own goroutines and health probes.
 	goleak.VerifyNone(t, ignore,
