@@ -276,7 +276,8 @@ type History struct {
 	// operations' times are relative.
 	Start time.Time `json:"start"`
 	// From and To bound the window: every operation was called in
-	// [From, To).
+	// [From, To), but for writes of unknown outcome a stresser may carry
+	// over from the window before (they may take effect in this one).
 	From time.Duration `json:"from_ns"`
 	To   time.Duration `json:"to_ns"`
 	// Ops are in the order of their calls.

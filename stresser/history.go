@@ -95,6 +95,8 @@ type historyStresser struct {
 	// carry holds the unknown-outcome writes at the end of the last
 	// window taken: they may still take effect in the next one.
 	carry []history.Op
+	// cut is the end of the last window taken.
+	cut time.Duration
 }
 
 // carryOver is how long after its failure a write of unknown outcome is
@@ -500,7 +502,8 @@ func (c *Composite) History() (history.History, error) {
 	}
 	hs.full.Store(false)
 	now := hs.hist.Now()
-	h := hs.hist.Cut(0, now)
+	h := hs.hist.Cut(hs.cut, now)
+	hs.cut = now
 	carried := hs.carry
 	hs.carry = nil
 	for _, o := range h.Ops {

@@ -111,6 +111,9 @@ func TestHistoryStresserLinearizable(t *testing.T) {
 	}
 	t.Logf("second interval: %v, errors %v", st, st.Errors)
 	h2 := checkHistory(t, s)
+	if h2.From != h1.To || h2.Duration() <= 0 || h2.Duration() > 30*time.Second {
+		t.Errorf("second window [%v, %v) after the first [%v, %v)", h2.From, h2.To, h1.From, h1.To)
+	}
 	// Only writes of unknown outcome are carried over from the first.
 	for _, o := range h2.Ops {
 		if o.Call < h1.To && !o.Unknown() {
