@@ -69,6 +69,21 @@ type input struct {
 	op    *history.Op
 	index int  // in the history
 	retry bool // the copy that stands for a retry
+	// applied is, for a failed write whose value a response showed, the
+	// response it would have had: the revision it took effect at is that
+	// value's mod revision.
+	applied *history.Response
+}
+
+// response is what the model checks p against; nil: outcome unknown.
+func (p *input) response() *history.Response {
+	switch {
+	case p.retry:
+		return nil
+	case p.applied != nil:
+		return p.applied
+	}
+	return p.op.Response
 }
 
 // Check checks h for linearizability within timeout.
@@ -169,12 +184,13 @@ func prepare(h history.History) ([]porcupine.Operation, string) {
 		}
 		// An unknown write may apply any time after its call: as long
 		// as its return is infinite. If a response shows a value only it
-		// wrote, it took effect before that response came back.
+		// wrote, it took effect before that response came back, at the
+		// value's mod revision: the model then checks it as a write
+		// answered with that revision, which spares porcupine trying it
+		// everywhere (with many failed writes that search explodes).
 		p.Return = inf
-		for _, v := range values(o.Request) {
-			if t, ok := seen[v]; ok && int64(t) < p.Return && t >= o.Call {
-				p.Return = int64(t)
-			}
+		if resp, ret, ok := inferred(o, seen); ok {
+			p.Input.(*input).applied, p.Return = resp, int64(ret)
 		}
 		ops = append(ops, p)
 		if o.Request.Kind != history.LeaseRevoke {
@@ -202,15 +218,66 @@ func values(r history.Request) []string {
 	return nil
 }
 
-// observed maps every value a successful response showed to the earliest
-// return that showed it.
-func observed(h history.History) map[string]time.Duration {
-	seen := map[string]time.Duration{}
+// sighting is the earliest a value was seen at its lowest mod revision.
+type sighting struct {
+	mod int64
+	at  time.Duration // the return of the first response that showed it
+}
+
+// inferred returns, for a failed write whose values a response showed,
+// the response it would have had and the latest it can have taken effect.
+// Only puts, and txns whose then-branch holds only puts, are inferred:
+// their answer holds nothing but the revision.
+func inferred(o *history.Op, seen map[string]sighting) (*history.Response, time.Duration, bool) {
+	req := o.Request
+	switch req.Kind {
+	case history.Put:
+	case history.Txn:
+		if len(req.Then) == 0 {
+			return nil, 0, false
+		}
+		for _, t := range req.Then {
+			if t.Kind != history.Put {
+				return nil, 0, false
+			}
+		}
+	default:
+		return nil, 0, false
+	}
+	var first sighting
+	for i, v := range values(req) {
+		if req.Kind == history.Txn && i >= len(req.Then) {
+			break // an else-branch put: the txn failed
+		}
+		sg, ok := seen[v]
+		if !ok || sg.at < o.Call {
+			continue
+		}
+		if first.mod == 0 || sg.mod < first.mod || (sg.mod == first.mod && sg.at < first.at) {
+			first = sg
+		}
+	}
+	if first.mod == 0 {
+		return nil, 0, false
+	}
+	resp := &history.Response{Revision: first.mod}
+	if req.Kind == history.Txn {
+		resp.Succeeded = true
+		resp.Results = make([]history.Response, len(req.Then))
+	}
+	return resp, first.at, true
+}
+
+// observed maps every value a successful response showed to the lowest mod
+// revision it was shown with, and the earliest return that showed it so.
+func observed(h history.History) map[string]sighting {
+	seen := map[string]sighting{}
 	var walk func(r *history.Response, t time.Duration)
 	walk = func(r *history.Response, t time.Duration) {
 		for _, kv := range r.KVs {
-			if old, ok := seen[kv.Value]; !ok || t < old {
-				seen[kv.Value] = t
+			old, ok := seen[kv.Value]
+			if !ok || kv.ModRevision < old.mod || (kv.ModRevision == old.mod && t < old.at) {
+				seen[kv.Value] = sighting{kv.ModRevision, t}
 			}
 		}
 		for i := range r.Results {
@@ -255,6 +322,8 @@ func newModel() porcupine.Model {
 			switch {
 			case p.retry:
 				s += " (retry of a failed write)"
+			case p.applied != nil:
+				s += fmt.Sprintf(" failed: %s; its value shows it applied -> %s", p.op.Error, p.applied)
 			case p.op.Failed():
 				s += " failed: " + p.op.Error
 			default:
@@ -288,11 +357,7 @@ func modelStep(st any, p *input) ([]any, string) {
 		}
 		return nil, "placed before the first snapshot read"
 	}
-	resp := o.Response
-	if p.retry {
-		resp = nil
-	}
-	next, why := step(s, o.Request, resp)
+	next, why := step(s, o.Request, p.response())
 	out := make([]any, len(next))
 	for i, n := range next {
 		out[i] = n
@@ -347,8 +412,8 @@ func explain(model porcupine.Model, ops []porcupine.Operation, info porcupine.Li
 		}
 	}
 	at := lo
-	for k := lo; k <= hi && p.op.Response != nil; k++ {
-		if maxRev(states[k]) <= p.op.Response.Revision {
+	for k := lo; k <= hi && p.response() != nil; k++ {
+		if maxRev(states[k]) <= p.response().Revision {
 			at = k
 		}
 	}
