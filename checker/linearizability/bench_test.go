@@ -99,13 +99,16 @@ func TestSynthPasses(t *testing.T) {
 }
 
 // BenchmarkCheck checks synthetic histories of the history stresser's
-// shape and size at its default rate (200 ops/s), 1% of writes of unknown
-// outcome, and reports the checking time over the history's wall duration
+// shape and size at its default rate (200 ops/s), 1% of writes (and, under
+// heavy faults, 10% and 30%) of unknown outcome, and reports the checking time over the history's wall duration
 // (below 1: the checker keeps up with the load it judges).
 func BenchmarkCheck(b *testing.B) {
-	for _, n := range []int{1000, 6000, 30000} {
-		b.Run(fmt.Sprintf("ops=%d", n), func(b *testing.B) {
-			h := synth(n, 200, 0.01, 7)
+	for _, c := range []struct {
+		n       int
+		unknown float64
+	}{{1000, 0.01}, {6000, 0.01}, {30000, 0.01}, {6000, 0.1}, {6000, 0.3}} {
+		b.Run(fmt.Sprintf("ops=%d/unknown=%v", c.n, c.unknown), func(b *testing.B) {
+			h := synth(c.n, 200, c.unknown, 7)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				if res := Check(h, 5*time.Minute); res.Verdict != Pass {

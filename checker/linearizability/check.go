@@ -12,8 +12,10 @@
 // see one below.
 //
 // A failed write has an unknown outcome: it may have taken effect at any
-// time after its call, or never, and (a client retry) even twice. A failed
-// read or lease grant changed nothing and is left out. The model starts
+// time after its call, or never; a failed put whose unique value a
+// response shows took effect at that value's mod revision, and twice (a
+// client retry) if responses show it at two. A failed read or lease grant
+// changed nothing and is left out. The model starts
 // from the first snapshot read (history.Request.Snapshot) of the history;
 // the operations that returned before it are absorbed by it.
 //
@@ -22,6 +24,7 @@
 package linearizability
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -48,7 +51,7 @@ const (
 type Result struct {
 	Verdict Verdict `json:"verdict"`
 	// Ops is the number of operations the model was given (failed reads
-	// left out, unknown-outcome writes counted twice for their retry).
+	// left out, a write applied twice counted twice).
 	Ops int `json:"ops"`
 	// Duration is how long the check took.
 	Duration time.Duration `json:"duration_ns"`
@@ -77,10 +80,7 @@ type input struct {
 
 // response is what the model checks p against; nil: outcome unknown.
 func (p *input) response() *history.Response {
-	switch {
-	case p.retry:
-		return nil
-	case p.applied != nil:
+	if p.applied != nil {
 		return p.applied
 	}
 	return p.op.Response
@@ -189,15 +189,20 @@ func prepare(h history.History) ([]porcupine.Operation, string) {
 		// answered with that revision, which spares porcupine trying it
 		// everywhere (with many failed writes that search explodes).
 		p.Return = inf
-		if resp, ret, ok := inferred(o, seen); ok {
+		if resp, ret, ok := inferred(o, seen, 0); ok {
 			p.Input.(*input).applied, p.Return = resp, int64(ret)
 		}
 		ops = append(ops, p)
-		if o.Request.Kind != history.LeaseRevoke {
-			// The client library may have sent it again: a second
-			// application, as free as the first.
+		// A retry by the client library may have applied it a second
+		// time. That is taken when a response shows its value at a
+		// second mod revision: a second application nobody saw would
+		// have to be tried at every position, and a few dozen such
+		// choices make the search explode (BENCHMARK.md). clientv3
+		// retries a write only when it was not sent, so an unseen
+		// second application is not expected.
+		if resp, ret, ok := inferred(o, seen, 1); ok {
 			ops = append(ops, porcupine.Operation{ClientId: o.Client,
-				Input: &input{op: o, index: i, retry: true}, Call: int64(o.Call), Return: inf})
+				Input: &input{op: o, index: i, retry: true, applied: resp}, Call: int64(o.Call), Return: int64(ret)})
 		}
 	}
 	return ops, ""
@@ -218,17 +223,18 @@ func values(r history.Request) []string {
 	return nil
 }
 
-// sighting is the earliest a value was seen at its lowest mod revision.
+// sighting is the earliest a value was seen at one mod revision.
 type sighting struct {
 	mod int64
 	at  time.Duration // the return of the first response that showed it
 }
 
 // inferred returns, for a failed write whose values a response showed,
-// the response it would have had and the latest it can have taken effect.
+// the response its nth application (0: first, 1: a retry's) would have had
+// and the latest it can have taken effect.
 // Only puts, and txns whose then-branch holds only puts, are inferred:
 // their answer holds nothing but the revision.
-func inferred(o *history.Op, seen map[string]sighting) (*history.Response, time.Duration, bool) {
+func inferred(o *history.Op, seen map[string][]sighting, nth int) (*history.Response, time.Duration, bool) {
 	req := o.Request
 	switch req.Kind {
 	case history.Put:
@@ -249,10 +255,11 @@ func inferred(o *history.Op, seen map[string]sighting) (*history.Response, time.
 		if req.Kind == history.Txn && i >= len(req.Then) {
 			break // an else-branch put: the txn failed
 		}
-		sg, ok := seen[v]
-		if !ok || sg.at < o.Call {
+		sgs := seen[v]
+		if len(sgs) <= nth || sgs[nth].at < o.Call {
 			continue
 		}
+		sg := sgs[nth]
 		if first.mod == 0 || sg.mod < first.mod || (sg.mod == first.mod && sg.at < first.at) {
 			first = sg
 		}
@@ -268,17 +275,24 @@ func inferred(o *history.Op, seen map[string]sighting) (*history.Response, time.
 	return resp, first.at, true
 }
 
-// observed maps every value a successful response showed to the lowest mod
-// revision it was shown with, and the earliest return that showed it so.
-func observed(h history.History) map[string]sighting {
-	seen := map[string]sighting{}
+// observed maps every value a successful response showed to the two
+// lowest mod revisions it was shown with (a value is written by one
+// request, so a second one means it was applied twice), each with the
+// earliest return that showed it so.
+func observed(h history.History) map[string][]sighting {
+	seen := map[string][]sighting{}
 	var walk func(r *history.Response, t time.Duration)
 	walk = func(r *history.Response, t time.Duration) {
 		for _, kv := range r.KVs {
-			old, ok := seen[kv.Value]
-			if !ok || kv.ModRevision < old.mod || (kv.ModRevision == old.mod && t < old.at) {
-				seen[kv.Value] = sighting{kv.ModRevision, t}
+			sgs := seen[kv.Value]
+			i := slices.IndexFunc(sgs, func(s sighting) bool { return s.mod == kv.ModRevision })
+			if i >= 0 {
+				sgs[i].at = min(sgs[i].at, t)
+				continue
 			}
+			sgs = append(sgs, sighting{kv.ModRevision, t})
+			slices.SortFunc(sgs, func(a, b sighting) int { return cmp.Compare(a.mod, b.mod) })
+			seen[kv.Value] = sgs[:min(len(sgs), 2)]
 		}
 		for i := range r.Results {
 			walk(&r.Results[i], t)
@@ -321,7 +335,7 @@ func newModel() porcupine.Model {
 			s := fmt.Sprintf("#%d %s: %s", p.index, p.op.Member, p.op.Request)
 			switch {
 			case p.retry:
-				s += " (retry of a failed write)"
+				s += fmt.Sprintf(" failed: %s; its value shows a retry applied it again -> %s", p.op.Error, p.applied)
 			case p.applied != nil:
 				s += fmt.Sprintf(" failed: %s; its value shows it applied -> %s", p.op.Error, p.applied)
 			case p.op.Failed():
