@@ -53,7 +53,7 @@ type HistoryConfig struct {
 // requests/s, holding at most 30000 operations (150 s of load at the full
 // rate). Checking grows faster than linearly with the history (porcupine
 // copies a bitset of every operation per step): 6000 operations took
-// 0.7 s, 30000 took 13 s on a loaded 2-core machine (BENCHMARK.md).
+// 0.34 s, 30000 took 2.5 s on a loaded 2-core machine (BENCHMARK.md).
 func DefaultHistoryConfig() HistoryConfig {
 	return HistoryConfig{Clients: 4, Keys: 10, QPS: 200, MaxOps: 30000}
 }
