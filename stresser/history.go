@@ -31,9 +31,10 @@ const historyLeaseTTL = 3600
 // at a time each, over a few keys, so that a linearizability check of a
 // case's history stays cheap.
 type HistoryConfig struct {
-	// Clients is the number of clients. Client i < len(Endpoints) is
-	// pinned to endpoint i (while clients are left for at least one
-	// balanced client); the rest balance over the whole cluster.
+	// Clients is the number of clients. A quarter of them (at least one)
+	// balance over the whole cluster; the others are pinned to one
+	// endpoint each, round-robin (with the default 4 clients and 3
+	// members: one pinned to each member, one balanced).
 	Clients int
 	// Keys is the number of keys.
 	Keys int
