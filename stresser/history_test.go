@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -189,4 +190,39 @@ func tampered(t *testing.T, h history.History) {
 		return
 	}
 	t.Fatal("no read with a key to tamper with")
+}
+
+// TestHistoryStresserMemberPaused pauses a member (SIGSTOP, SIGCONT), the
+// fault behind etcd #20418 (a stale read after the member resumes, fixed
+// in v3.6.9), while the history is recorded: with a fixed etcd the
+// history of requests that hung and timed out is still linearizable.
+func TestHistoryStresserMemberPaused(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3)
+	cfg := testConfig(c.ClientURLs(), NameKeys, NameHistory)
+	cfg.RequestTimeout = 2 * time.Second
+	s := mustNew(t, cfg)
+	if err := s.Stress(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	pid := c.Member(0).PID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	s.Pause()
+	h := checkHistory(t, s)
+	hung := 0
+	for _, o := range h.Ops {
+		if o.Member == cfg.Endpoints[0] && o.Failed() && o.Return-o.Call >= cfg.RequestTimeout {
+			hung++
+		}
+	}
+	if hung == 0 {
+		t.Errorf("no request to the paused member %s timed out: the fault missed the history", cfg.Endpoints[0])
+	}
 }
