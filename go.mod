@@ -3,6 +3,7 @@ module github.com/etcd-functional/functional
 go 1.26.0
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/chromedp/chromedp v0.23.1
 	github.com/coreos/pkg v0.0.0-20240122114842-bbd7aa9bf6fb
 	github.com/prometheus/client_golang v1.25.0

@@ -140,6 +140,8 @@ func New(cfg Config) (*Composite, error) {
 			c.members = append(c.members, newLeaseStresser(cfg, lim, rec))
 		case NameNop:
 			c.members = append(c.members, nopStresser{})
+		case NameHistory:
+			c.members = append(c.members, newHistoryStresser(cfg, rec))
 		}
 	}
 	return c, nil

@@ -19,10 +19,13 @@ const (
 	NameKeys  = "keys"  // key-value load: puts, gets, ranges, deletes, txns
 	NameLease = "lease" // leases granted, kept alive, revoked and left to expire
 	NameNop   = "nop"   // no load at all, for runs that measure a quiet cluster
+	// NameHistory records every request and response of a few clients
+	// over a few keys, for a linearizability checker (see History).
+	NameHistory = "history"
 )
 
 // ValidNames lists every name Config.Names accepts.
-var ValidNames = []string{NameKeys, NameLease, NameNop}
+var ValidNames = []string{NameKeys, NameLease, NameNop, NameHistory}
 
 // maxTxnOps is etcd's default --max-txn-ops; a bigger transaction is refused.
 const maxTxnOps = 128
@@ -36,7 +39,8 @@ type Config struct {
 	Endpoints []string
 	// Names selects the stressers (see ValidNames); each name at most once.
 	Names []string
-	// QPS is the cluster-wide request rate shared by every stresser.
+	// QPS is the cluster-wide request rate shared by every stresser
+	// but the history stresser, which has its own (History.QPS).
 	QPS int
 	// Seed makes the choice of operations, keys and leases repeatable.
 	Seed int64
@@ -81,6 +85,9 @@ type Config struct {
 	// LeaseKeepAliveInterval is how often live leases are renewed; the
 	// lease stresser grants, revokes and checks once per interval.
 	LeaseKeepAliveInterval time.Duration
+
+	// History configures the history stresser (NameHistory).
+	History HistoryConfig
 }
 
 // KeyWeights is the relative frequency of the key stresser's operations.
@@ -126,6 +133,8 @@ func DefaultConfig() Config {
 		LeaseTTL:               120 * time.Second,
 		ShortLeaseTTL:          2 * time.Second,
 		LeaseKeepAliveInterval: 500 * time.Millisecond,
+
+		History: DefaultHistoryConfig(),
 	}
 }
 
@@ -203,6 +212,9 @@ func (c Config) Validate() error {
 		if c.LeaseKeepAliveInterval <= 0 || c.LeaseKeepAliveInterval >= c.LeaseTTL/2 {
 			bad("stresser: LeaseKeepAliveInterval: %v; must be > 0 and below half of LeaseTTL (%v)", c.LeaseKeepAliveInterval, c.LeaseTTL)
 		}
+	}
+	if c.has(NameHistory) {
+		errs = append(errs, c.History.validate())
 	}
 	return errors.Join(errs...)
 }
