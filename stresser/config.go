@@ -110,7 +110,7 @@ type KeyWeights struct {
 // BENCHMARK.md). Endpoints must still be set.
 func DefaultConfig() Config {
 	return Config{
-		Names:          []string{NameKeys, NameLease},
+		Names:          []string{NameKeys, NameLease, NameHistory},
 		QPS:            1000,
 		Seed:           1,
 		RequestTimeout: 5 * time.Second,

@@ -87,6 +87,7 @@ var (
 		{"hash", newHashCheck},
 		{"stresser", newStresserCheck},
 		{"stress budget", newStressBudgetCheck},
+		{"linearizability", newLinearizabilityCheck},
 		{"watch", newWatchCheck},
 	}
 )

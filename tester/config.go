@@ -50,6 +50,9 @@ type Config struct {
 	// after recovery (ordered, unique, atomic, bookmarkable, reliable,
 	// resumable, PrevKV and IsCreate right).
 	WatchCheck bool
+	// LinearizabilityTimeout bounds the linearizability check of one
+	// case's history; running out of it is an unknown verdict.
+	LinearizabilityTimeout time.Duration
 	// AllowUnknown passes a case whose checker could not reach a verdict
 	// (a history too long to search in time); by default such a case
 	// fails, as nothing was proven.
@@ -121,6 +124,7 @@ func DefaultConfig() Config {
 		Stresser:               stresser.DefaultConfig(),
 		ConsistencyCheck:       true,
 		WatchCheck:             true,
+		LinearizabilityTimeout: time.Minute,
 		EtcdCorruptCheck:       true,
 		HeartbeatInterval:      100 * time.Millisecond,
 		ElectionTimeout:        time.Second,
@@ -268,6 +272,9 @@ func (c *Config) checkNumbers() []error {
 	}
 	if c.HeartbeatInterval <= 0 {
 		bad("-heartbeat-interval: %v; must be > 0", c.HeartbeatInterval)
+	}
+	if c.LinearizabilityTimeout <= 0 {
+		bad("-linearizability-timeout: %v; must be > 0", c.LinearizabilityTimeout)
 	}
 	// etcd refuses an election timeout below 5 heartbeats or above 50 s.
 	if c.ElectionTimeout < 5*c.HeartbeatInterval || c.ElectionTimeout > 50*time.Second {

@@ -143,6 +143,7 @@ Flags:
 	fs.BoolVar(&cfg.EtcdCorruptCheck, "etcd-corrupt-check", def.EtcdCorruptCheck, "start members with etcd's own corruption checks on (initial check, and the leader's hash check after compaction), spelled as each release wants")
 	fs.BoolVar(&cfg.ConsistencyCheck, "consistency-check", def.ConsistencyCheck, "after each case, check that every member has the same revision and KV hash")
 	fs.BoolVar(&cfg.AllowUnknown, "allow-unknown", def.AllowUnknown, "pass a case whose checker could not reach a verdict (by default it fails: nothing was proven)")
+	fs.DurationVar(&cfg.LinearizabilityTimeout, "linearizability-timeout", def.LinearizabilityTimeout, "bound on the linearizability check of one case's client history (the \"history\" stresser); out of time is an unknown verdict")
 	fs.BoolVar(&cfg.WatchCheck, "watch-check", def.WatchCheck, "record watches on every member during each case with load and check them against the ground truth after recovery")
 	fs.BoolVar(&cfg.ExitOnFailure, "exit-on-failure", def.ExitOnFailure, "stop at the first failed case (its members stay archived)")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", def.HeartbeatInterval, "etcd --heartbeat-interval")
