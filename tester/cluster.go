@@ -76,6 +76,11 @@ type Cluster struct {
 	mu     sync.Mutex
 	rnd    *rand.Rand
 	faults []injection // injected and not healed, oldest first
+	// gone holds, per member, the error of the call that found its agent
+	// unreachable for the client's whole retry window; later calls to it
+	// fail at once with that error, so that an agent gone for good costs
+	// the run one retry window, not one per step.
+	gone map[int]error
 }
 
 func newCluster(s *settings, agents []client.Agent) (*Cluster, error) {
@@ -160,13 +165,44 @@ func (c *Cluster) rand() *rand.Rand {
 // agentCall runs f on member i's agent with a bounded context and names
 // the member and agent in its error.
 func (c *Cluster) agentCall(ctx context.Context, i int, timeout time.Duration, what string, f func(context.Context, client.Agent) error) error {
+	m := c.members[i]
+	if err := c.goneErr(i); err != nil {
+		return fmt.Errorf("%s %s (agent %s): gone: %w", what, m.Name, m.agent.Endpoint(), err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	m := c.members[i]
 	if err := f(ctx, m.agent); err != nil {
+		if errors.Is(err, client.ErrUnreachable) {
+			c.mu.Lock()
+			if c.gone == nil {
+				c.gone = map[int]error{}
+			}
+			c.gone[i] = err
+			c.mu.Unlock()
+		}
 		return fmt.Errorf("%s %s (agent %s): %w", what, m.Name, m.agent.Endpoint(), err)
 	}
 	return nil
+}
+
+func (c *Cluster) goneErr(i int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gone[i]
+}
+
+// Gone returns an error naming every agent found unreachable for a whole
+// retry window, nil if there is none: the run cannot go on without them.
+func (c *Cluster) Gone() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for i, m := range c.members {
+		if err := c.gone[i]; err != nil {
+			errs = append(errs, fmt.Errorf("%s's agent %s is gone: %w", m.Name, m.agent.Endpoint(), err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // eachMember runs f on every member at once and joins their errors.

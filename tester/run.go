@@ -269,6 +269,10 @@ rounds:
 				runErr = fmt.Errorf("%w: %s failed in round %d and -exit-on-failure is set", ErrFailed, res.Case, round)
 				break rounds
 			}
+			if err := t.cluster.Gone(); err != nil {
+				runErr = fmt.Errorf("%w: after %s failed in round %d, the run cannot go on: %v", ErrFailed, res.Case, round, err)
+				break rounds
+			}
 			if err := t.rebootstrap(ctx); err != nil {
 				runErr = fmt.Errorf("%w: after %s failed in round %d: %v", ErrFailed, res.Case, round, err)
 				if ctx.Err() != nil {

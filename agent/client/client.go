@@ -46,6 +46,10 @@ type Agent interface {
 	Close() error
 }
 
+// ErrUnreachable is wrapped by the error of a call that found no agent to
+// talk to for the whole of Config.RetryFor.
+var ErrUnreachable = errors.New("unreachable")
+
 // FaultKeeper renews an agent's fault lease (wire.MethodKeepFaults): the
 // faults it has injected last until lease from now, then the agent heals
 // them on its own. It returns when the lease ends.
@@ -242,7 +246,7 @@ func (a *agentClient) call(ctx context.Context, method string, args, reply any) 
 			return fmt.Errorf("agent %s: %s: %w", a.endpoint, method, err)
 		}
 		if !time.Now().Before(deadline) {
-			return fmt.Errorf("agent %s: %s: unreachable for %v: %w", a.endpoint, method, a.cfg.RetryFor, err)
+			return fmt.Errorf("agent %s: %s: %w for %v: %w", a.endpoint, method, ErrUnreachable, a.cfg.RetryFor, err)
 		}
 		select {
 		case <-ctx.Done():

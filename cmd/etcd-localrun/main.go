@@ -23,6 +23,7 @@ import (
 func main() {
 	var cfg localrun.Config
 	flag.StringVar(&cfg.BinDir, "bin-dir", "bin", "directory holding etcd, etcd-agent and etcd-tester")
+	flag.StringVar(&cfg.EtcdPath, "etcd", "", "the etcd binary the agents run (default: etcd in -bin-dir)")
 	flag.StringVar(&cfg.ReportDir, "report-dir", "report", "where the report, the agents' logs and the failure archives go (emptied first)")
 	flag.StringVar(&cfg.Mode, "mode", localrun.ModeAuto, "auto (netns where possible), netns (a network namespace per host; root) or loopback")
 	flag.StringVar(&cfg.NetName, "net-name", "etcdrun", "name of the namespaces, bridge and rules the run creates (1-10 of a-z0-9)")

@@ -56,6 +56,8 @@ const (
 type Config struct {
 	// BinDir holds etcd, etcd-agent and etcd-tester.
 	BinDir string
+	// EtcdPath is the etcd binary the agents run; empty means BinDir's.
+	EtcdPath string
 	// ReportDir receives the tester's report, the agents' logs and base
 	// dirs (with the failure archives). It is emptied first.
 	ReportDir string
@@ -156,8 +158,10 @@ func (c *Config) validate() error {
 	if err := (&localnet.Config{Name: c.NetName, Hosts: c.Hosts}).Validate(); err != nil {
 		return fmt.Errorf("net name %q: want 1 to 10 characters of a-z and 0-9 (it names the namespaces, bridge and rules)", c.NetName)
 	}
-	for _, b := range []string{"etcd", "etcd-agent", "etcd-tester"} {
-		p := filepath.Join(c.BinDir, b)
+	if c.EtcdPath == "" {
+		c.EtcdPath = filepath.Join(c.BinDir, "etcd")
+	}
+	for _, p := range []string{c.EtcdPath, filepath.Join(c.BinDir, "etcd-agent"), filepath.Join(c.BinDir, "etcd-tester")} {
 		if _, err := os.Stat(p); err != nil {
 			return fmt.Errorf("%s missing (run `make build`): %w", p, err)
 		}
@@ -210,7 +214,8 @@ func (s *setup) bringUp(ctx context.Context, cfg Config, mode string) (endpoints
 	}
 	for i := 0; i < cfg.Hosts; i++ {
 		base, _ := filepath.Abs(filepath.Join(cfg.ReportDir, "agents", fmt.Sprintf("agent-%d", i)))
-		args := []string{"-etcd-path", bin("etcd"), "-base-dir", base}
+		etcd, _ := filepath.Abs(cfg.EtcdPath)
+		args := []string{"-etcd-path", etcd, "-base-dir", base}
 		var cmd *exec.Cmd
 		var ep string
 		if mode == ModeNetns {
