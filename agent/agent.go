@@ -91,7 +91,14 @@ type Config struct {
 
 // Defaults for Config.
 const (
-	DefaultSigtermWait     = 10 * time.Second
+	// DefaultSigtermWait is longer than etcd's own graceful shutdown can
+	// take: with clients' watch streams open, etcd waits up to its request
+	// timeout (5 s + 2 election timeouts: 7 s by default) for gRPC to stop
+	// gracefully, then up to as long again to hand leadership over, which
+	// takes the whole wait when the transferee is stopping too (a quorum
+	// stopped at once). Measured: 14-15 s. A shorter wait turned such
+	// graceful stops into SIGKILLs, which the tester fails.
+	DefaultSigtermWait     = 30 * time.Second
 	DefaultSigintWait      = 5 * time.Second
 	DefaultMaxRequestBytes = 1 << 20
 	// DefaultFaultLease outlasts the longest hold of a tester that does

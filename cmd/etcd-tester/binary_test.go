@@ -40,7 +40,7 @@ func TestMain(m *testing.M) {
 }
 
 // testerBinary builds etcd-tester from this package once per test binary.
-func testerBinary(t *testing.T) string {
+func testerBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		goBin, err := exec.LookPath("go")

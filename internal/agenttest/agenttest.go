@@ -66,7 +66,7 @@ func Start(t testing.TB, n int) *Set {
 	ports := FreePorts(t, 3*n)
 	for i := range n {
 		a, err := agent.New(agent.Config{EtcdPath: bin, BaseDir: dirs[i], NetworkFaults: agent.FaultsProxy,
-			SigtermWait: 10 * time.Second, SigintWait: 2 * time.Second})
+			SigtermWait: agent.DefaultSigtermWait, SigintWait: 2 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
