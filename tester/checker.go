@@ -89,6 +89,7 @@ var (
 		{"stress budget", newStressBudgetCheck},
 		{"linearizability", newLinearizabilityCheck},
 		{"watch", newWatchCheck},
+		{"logs", newLogCheck},
 	}
 )
 
