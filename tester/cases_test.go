@@ -32,7 +32,7 @@ var wantCases = []string{
 	"SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "SIGQUIT_AND_REMOVE_LEADER",
 	"SIGQUIT_AND_REMOVE_ONE_FOLLOWER_UNTIL_TRIGGER_SNAPSHOT",
 	"SIGQUIT_AND_REMOVE_LEADER_UNTIL_TRIGGER_SNAPSHOT",
-	"FAILPOINTS", "FAILPOINTS_WITH_DISK_IO_LATENCY",
+	"FAILPOINTS", "EXTERNAL", "FAILPOINTS_WITH_DISK_IO_LATENCY",
 	"NO_FAIL_WITH_STRESS", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS",
 }
 
@@ -95,7 +95,14 @@ func skipReason(skipped []Skip, name string) string {
 }
 
 func TestSelectDefaultSkipsWithReasons(t *testing.T) {
-	cat := Catalogue(DefaultConfig())
+	// Without a program EXTERNAL is skipped, and says what it needs.
+	_, skipped, err := selectCases(Catalogue(DefaultConfig()), nil, nil, env3())
+	if err != nil || len(skipped) != 1 || !strings.Contains(skipReason(skipped, "EXTERNAL"), "needs -external-exec-path") {
+		t.Fatalf("no -external-exec-path: skipped %v, err %v; want EXTERNAL alone, saying it needs one", skipped, err)
+	}
+	cfg := DefaultConfig()
+	cfg.ExternalExecPath = "/bin/true"
+	cat := Catalogue(cfg)
 
 	sel, skipped, err := selectCases(cat, nil, nil, env3())
 	if err != nil || len(skipped) != 0 || len(sel) != len(cat) {
@@ -150,12 +157,13 @@ func TestSelectDefaultSkipsWithReasons(t *testing.T) {
 		}
 	}
 
-	// Two agents: only the ALL and NO_FAIL cases.
+	// Two agents: only the ALL, NO_FAIL and EXTERNAL (the user's
+	// program picks its own targets) cases.
 	env = env3()
 	env.Members, env.Hosts, env.Backends = 2, env.Hosts[:2], env.Backends[:2]
 	sel, _, _ = selectCases(cat, nil, nil, env)
 	for _, c := range sel {
-		if n := c.Name(); !strings.HasSuffix(n, "_ALL") && !strings.HasPrefix(n, "NO_FAIL") {
+		if n := c.Name(); !strings.HasSuffix(n, "_ALL") && !strings.HasPrefix(n, "NO_FAIL") && n != "EXTERNAL" {
 			t.Errorf("2 agents: %s selected", n)
 		}
 	}

@@ -43,6 +43,7 @@ func Catalogue(cfg Config) []Case {
 		add(d, quorum{}, all{})
 	}
 	cs = append(cs, &failpointCase{}, &failpointCase{diskLatency: 200 * time.Millisecond})
+	cs = append(cs, &externalCase{path: cfg.ExternalExecPath})
 	cs = append(cs,
 		noFail{stress: true, budget: stressFailureBudget, qps: cfg.Stresser.QPS},
 		noFail{stress: false})

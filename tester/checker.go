@@ -90,6 +90,7 @@ var (
 		{"linearizability", newLinearizabilityCheck},
 		{"watch", newWatchCheck},
 		{"logs", newLogCheck},
+		{"external", newExternalCheck},
 	}
 )
 

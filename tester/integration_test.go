@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -344,6 +345,49 @@ func TestRunUntilSnapshotAndRemoveLeader(t *testing.T) {
 	for _, c := range r.Rounds[0].Cases {
 		if len(c.Targets) == 0 || c.RecoverySeconds <= 0 {
 			t.Errorf("%s: targets %v, recovery %v", c.Case, c.Targets, c.RecoverySeconds)
+		}
+	}
+}
+
+// EXTERNAL runs the user's program with the round, and the logs checker
+// reads every member's real etcd log after every case — a SIGQUIT's stack
+// dump and a SIGKILL included — without a false alarm.
+func TestRunExternalAndLogCheck(t *testing.T) {
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	cfg.ExternalExecPath = filepath.Join(dir, "fault.sh")
+	if err := os.WriteFile(cfg.ExternalExecPath, []byte("#!/bin/sh\necho \"$@\" >> "+calls+"\necho \"fault $1\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Cases = []string{"EXTERNAL", "SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "SIGKILL_LEADER"}
+	cfg.AllowUnknown = true // see TestRunUntilSnapshotAndRemoveLeader
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	err := tester.Run(ctx, cfg)
+	r := readResults(t, cfg.ReportDir)
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			t.Logf("%-35s passed=%v checks=%+v err=%s", c.Case, c.Passed, c.Checks, c.Error)
+		}
+	}
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if b, _ := os.ReadFile(calls); string(b) != "enable 1\ndisable 1\n" {
+		t.Errorf("program called with %q, want enable 1 then disable 1", b)
+	}
+	for _, c := range r.Rounds[0].Cases {
+		var names []string
+		for _, ck := range c.Checks {
+			names = append(names, ck.Name)
+			if ck.Name == "external" && (len(ck.Files) != 1 || ck.Figures["enable exit code"] != 0) {
+				t.Errorf("%s: external check %+v", c.Case, ck)
+			}
+		}
+		if !slices.Contains(names, "logs") || (c.Case == "EXTERNAL") != slices.Contains(names, "external") {
+			t.Errorf("%s: checks %v", c.Case, names)
 		}
 	}
 }
