@@ -391,3 +391,26 @@ func TestRunExternalAndLogCheck(t *testing.T) {
 		}
 	}
 }
+
+// The runner stressers keep their properties through real faults: a
+// leader killed and a leader's peer traffic delayed break no lock, no
+// election, no kept lease and no watch.
+func TestRunRunnerStressers(t *testing.T) {
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	cfg.Stresser.Names = []string{"keys", "election-runner", "lock-racer-runner", "lease-runner", "watch-runner"}
+	cfg.Cases = []string{"SIGKILL_LEADER", "DELAY_PEER_PORT_TX_RX_LEADER", "SIGQUIT_AND_REMOVE_ONE_FOLLOWER"}
+	cfg.AllowUnknown = true // see TestRunUntilSnapshotAndRemoveLeader
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	err := tester.Run(ctx, cfg)
+	r := readResults(t, cfg.ReportDir)
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			t.Logf("%-35s passed=%v err=%s", c.Case, c.Passed, c.Error)
+		}
+	}
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
