@@ -27,6 +27,7 @@ func Catalogue(cfg Config) []Case {
 	add(sigkill, oneFollower{}, leader{}, quorum{}, all{})
 	add(paused{}, oneFollower{}, leader{}, quorum{})
 	add(removed{}, oneFollower{})
+	cs = append(cs, restoreCase{markers: 100})
 	snap(removed{}, oneFollower{})
 	add(removed{}, leader{})
 	snap(removed{}, leader{})

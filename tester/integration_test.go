@@ -414,3 +414,28 @@ func TestRunRunnerStressers(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 }
+
+// The restore from a snapshot loses nothing written before it: the case
+// reads back every marker it wrote before the snapshot (it fails
+// otherwise), and the restored cluster then takes a fault under load.
+func TestRunRestoreFromSnapshot(t *testing.T) {
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	cfg.Cases = []string{"SIGQUIT_AND_REMOVE_QUORUM_AND_RESTORE_LEADER_SNAPSHOT_FROM_SCRATCH", "SIGKILL_ONE_FOLLOWER"}
+	cfg.AllowUnknown = true // see TestRunUntilSnapshotAndRemoveLeader
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	err := tester.Run(ctx, cfg)
+	r := readResults(t, cfg.ReportDir)
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			t.Logf("%-70s passed=%v recovery=%.2fs err=%s", c.Case, c.Passed, c.RecoverySeconds, c.Error)
+		}
+	}
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !r.Passed || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != 2 {
+		t.Fatalf("results: %+v", r)
+	}
+}
