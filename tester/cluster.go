@@ -83,9 +83,6 @@ type Cluster struct {
 	gone map[int]error
 	// logPos is where the logs checker last read each member's log.
 	logPos logPositions
-	// restoreSeed is the member the restore case restores from its
-	// snapshot, between its Inject and Recover.
-	restoreSeed int
 }
 
 func newCluster(s *settings, agents []client.Agent) (*Cluster, error) {

@@ -11,13 +11,14 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/etcd-functional/functional/agent/client"
+	"github.com/etcd-functional/functional/agent/wire"
 )
 
 // restoreCase is upstream's
 // SIGQUIT_AND_REMOVE_QUORUM_AND_RESTORE_LEADER_SNAPSHOT_FROM_SCRATCH, the
 // recovery an operator runs after a disaster: write marker keys, save a
-// snapshot from the leader, destroy a quorum (SIGQUIT and archive, the
-// leader among them) and then the rest, restore the leader's member from
+// snapshot from the leader, destroy a quorum and then the rest (SIGQUIT
+// and archive, the followers first), restore the leader's member from
 // the snapshot as the seed of a new cluster (etcdutl's restore, run by its
 // agent), and add the others back one by one with fresh data. Every
 // marker must be read back. It runs without load: what is written after
@@ -36,7 +37,7 @@ var (
 
 func (restoreCase) Name() string { return restoreCaseName }
 func (r restoreCase) Describe() string {
-	return fmt.Sprintf("write %d marker keys, save a snapshot from the leader, SIGQUIT and archive a quorum (the leader among them) and then the others, restore the leader from the snapshot as a new one-member cluster, add the others back one by one with fresh data; every marker must be read back (no load)", r.markers)
+	return fmt.Sprintf("write %d marker keys, save a snapshot from the leader, SIGQUIT and archive the followers (a quorum is gone with the second) and then the leader, restore the leader from the snapshot as a new one-member cluster, add the others back one by one with fresh data; every marker must be read back (no load)", r.markers)
 }
 func (restoreCase) Stress() bool { return false }
 func (restoreCase) Requires(env Env) error {
@@ -71,47 +72,75 @@ func (r restoreCase) Inject(ctx context.Context, c *Cluster) error {
 	if err != nil {
 		return err
 	}
-	c.restoreSeed = lead
-	// A quorum first, the leader among them, then the rest: the
-	// cluster is gone from the first cleanup on.
-	order := []int{lead}
+	// The followers first (the second one takes the quorum), the
+	// leader last: the ledger heals newest first, so the leader is
+	// restored as the seed before the others are added back to it.
 	for i := range c.members {
 		if i != lead {
-			order = append(order, i)
+			if err := c.Inject(ctx, i, wiped{}); err != nil {
+				return err
+			}
 		}
 	}
-	for _, i := range order {
-		if err := c.agentCall(ctx, i, agentStopTimeout, "cleanup (SIGQUIT and archive)", func(ctx context.Context, a client.Agent) error { return a.Cleanup(ctx) }); err != nil {
-			return err
-		}
-	}
-	return nil
+	return c.Inject(ctx, lead, wipedSeed{})
 }
 
+// Recover restores the seed and adds the others back (the ledger's
+// undo of the wipes), then reads the markers back.
 func (r restoreCase) Recover(ctx context.Context, c *Cluster) error {
-	seed := c.restoreSeed
-	m := c.members[seed]
-	err := c.agentCall(ctx, seed, agentStopTimeout, "restore from the snapshot", func(ctx context.Context, a client.Agent) error {
+	if err := c.Heal(ctx); err != nil {
+		return err
+	}
+	return c.readMarkers(ctx, r.prefix(c), r.markers)
+}
+
+// wiped is a member stopped with SIGQUIT and archived, out of a cluster
+// that is gone; undone by adding it back, with fresh data, to the cluster
+// restored from the snapshot.
+type wiped struct{}
+
+func (wiped) String() string { return "wiped (to be added back to the restored cluster)" }
+func (wiped) Scope() Scope   { return ScopeProcess }
+func (wiped) Inject(ctx context.Context, c *Cluster, i int) error {
+	return c.agentCall(ctx, i, agentStopTimeout, "cleanup (SIGQUIT and archive)", func(ctx context.Context, a client.Agent) error { return a.Cleanup(ctx) })
+}
+func (wiped) Undo(ctx context.Context, c *Cluster, i int) error { return removed{}.Undo(ctx, c, i) }
+
+// Present: a membership cannot be read off an agent's status; the
+// record stays until the undo succeeds.
+func (wiped) Present(*Cluster, int, wire.Status) bool { return true }
+
+// wipedSeed is the leader wiped; undone by restoring it from the snapshot
+// its agent saved, as a new one-member cluster.
+type wipedSeed struct{}
+
+func (wipedSeed) String() string { return "wiped (to be restored from the snapshot)" }
+func (wipedSeed) Scope() Scope   { return ScopeProcess }
+func (wipedSeed) Inject(ctx context.Context, c *Cluster, i int) error {
+	return wiped{}.Inject(ctx, c, i)
+}
+func (wipedSeed) Present(*Cluster, int, wire.Status) bool { return true }
+func (wipedSeed) Undo(ctx context.Context, c *Cluster, i int) error {
+	m := c.members[i]
+	err := c.agentCall(ctx, i, agentStopTimeout, "restore from the snapshot", func(ctx context.Context, a client.Agent) error {
 		s, ok := a.(client.Snapshotter)
 		if !ok {
 			return errors.New("the agent cannot restore snapshots")
 		}
-		_, err := s.RestoreSnapshot(ctx, c.args(m, "new", m.Name+"="+m.PeerURL))
+		st, err := a.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if st.State == wire.StateStarted {
+			return nil // restored already (a lost reply)
+		}
+		_, err = s.RestoreSnapshot(ctx, c.args(m, "new", m.Name+"="+m.PeerURL))
 		return err
 	})
-	if err != nil {
-		return err
+	if err == nil {
+		plog.Infof("restored %s from the snapshot as a new one-member cluster", m.Name)
 	}
-	plog.Infof("restored %s from the snapshot as a new one-member cluster", m.Name)
-	for i := range c.members {
-		if i == seed {
-			continue
-		}
-		if err := (removed{}).Undo(ctx, c, i); err != nil {
-			return fmt.Errorf("add %s back: %w", c.members[i].Name, err)
-		}
-	}
-	return c.readMarkers(ctx, r.prefix(c), r.markers)
+	return err
 }
 
 // writeMarkers puts n keys under prefix, each acknowledged.

@@ -438,4 +438,7 @@ func TestRunRestoreFromSnapshot(t *testing.T) {
 	if !r.Passed || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != 2 {
 		t.Fatalf("results: %+v", r)
 	}
+	if got := r.Rounds[0].Cases[0].Targets; len(got) != 3 {
+		t.Errorf("restore case targets %v, want every member (all wiped)", got)
+	}
 }
