@@ -81,6 +81,8 @@ type Cluster struct {
 	// fail at once with that error, so that an agent gone for good costs
 	// the run one retry window, not one per step.
 	gone map[int]error
+	// logPos is where the logs checker last read each member's log.
+	logPos logPositions
 }
 
 func newCluster(s *settings, agents []client.Agent) (*Cluster, error) {
@@ -335,6 +337,7 @@ func (c *Cluster) Bootstrap(ctx context.Context) error {
 	for i := range c.members {
 		c.forgetProcessFaults(i)
 	}
+	c.markLogs(ctx)
 	c.boots++
 	c.token = fmt.Sprintf("etcd-tester-%d-%d-%d", c.cfg.Seed, c.boots, time.Now().UnixNano())
 	var initial []string

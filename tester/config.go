@@ -80,6 +80,10 @@ type Config struct {
 	// DefragInterval defragments every member every that many rounds;
 	// 0 never does.
 	DefragInterval int
+	// ExternalExecPath is the user's program of the EXTERNAL case, run
+	// as `PROGRAM enable ROUND` and `PROGRAM disable ROUND`; empty
+	// skips the case.
+	ExternalExecPath string
 
 	// Seed makes targets, random delays and the load repeatable.
 	Seed int64
@@ -184,6 +188,9 @@ func (c Config) normalize() (*settings, error) {
 	hosts, errs := c.checkAgents()
 	errs = append(errs, c.checkNumbers()...)
 	errs = append(errs, c.checkStresser(hosts)...)
+	if err := checkExternalExecPath(c.ExternalExecPath); err != nil {
+		errs = append(errs, err)
+	}
 	dial := c.DialAgent
 	if dial == nil {
 		acfg, err := c.agentClientConfig()
