@@ -134,6 +134,14 @@ func (fc *failpointCase) Inject(ctx context.Context, c *Cluster) error {
 	r := c.rand()
 	name := names[r.IntN(len(names))]
 	t := []target{oneFollower{}, leader{}, quorum{}, all{}}[r.IntN(4)]
+	// A failpoint of one role is armed where that role is: on followers
+	// only, a leader's would never fire.
+	switch name {
+	case "raftBeforeLeaderSend":
+		t = leader{}
+	case "raftBeforeFollowerSend":
+		t = oneFollower{}
+	}
 	if fc.targets, err = t.pick(ctx, c); err != nil {
 		return fmt.Errorf("pick %s: %w", strings.ToLower(t.suffix()), err)
 	}
