@@ -59,6 +59,11 @@ type Config struct {
 	AllowUnknown bool
 	// ExitOnFailure ends the run at the first failed case.
 	ExitOnFailure bool
+	// RequireAllCases fails the run (exit 1) when a case of the catalogue
+	// is skipped because this environment cannot run it: a PASS then
+	// means every case ran. The run fails before bootstrapping, naming
+	// each skipped case and why.
+	RequireAllCases bool
 
 	// HeartbeatInterval and ElectionTimeout are passed to etcd.
 	HeartbeatInterval, ElectionTimeout time.Duration
@@ -167,7 +172,9 @@ func (c Config) Validate() error {
 // run derives from it.
 type settings struct {
 	Config
-	hosts []string // member host per agent
+	// minBootstrap is minBootstrapTimeout; tests shorten it.
+	minBootstrap time.Duration
+	hosts        []string // member host per agent
 	env   Env      // what is known before any agent answers
 	dial  func(endpoint string) (client.Agent, error)
 }
@@ -176,7 +183,7 @@ type settings struct {
 // recovered: forming a cluster is not what a short -recovery-timeout
 // measures.
 func (s *settings) bootstrapTimeout() time.Duration {
-	return max(s.RecoveryTimeout, minBootstrapTimeout)
+	return max(s.RecoveryTimeout, s.minBootstrap)
 }
 
 // normalize works on its own copy of c: checkAgents fills in the ports.
@@ -192,7 +199,7 @@ func (c Config) normalize() (*settings, error) {
 		}
 		dial = func(ep string) (client.Agent, error) { return client.New(ep, acfg) }
 	}
-	s := &settings{Config: c, hosts: hosts, dial: dial}
+	s := &settings{Config: c, minBootstrap: minBootstrapTimeout, hosts: hosts, dial: dial}
 	s.env = Env{
 		Members:      len(hosts),
 		Hosts:        hosts,

@@ -32,6 +32,11 @@ type Report struct {
 	Agents                 []string  `json:"agents"`
 	// EtcdVersions maps each member to its etcd binary's release.
 	EtcdVersions map[string]string `json:"etcd_versions,omitempty"`
+	// TesterVersion is the build of the tester that wrote the report,
+	// and Config what it was asked to check and how: a PASS means what
+	// these say was checked, nothing more.
+	TesterVersion string     `json:"tester_version,omitempty"`
+	Config        *RunConfig `json:"config,omitempty"`
 	Schedule     []string          `json:"schedule"` // the cases of one round, in order
 	// Rounds are the most recent rounds, in full; the RoundsDropped
 	// before them are in cases.jsonl (see results.go).
@@ -50,9 +55,13 @@ type Report struct {
 
 // RoundResult is one round of the schedule.
 type RoundResult struct {
-	Round  int          `json:"round"`
-	Passed bool         `json:"passed"`
-	Cases  []CaseResult `json:"cases"`
+	Round int `json:"round"`
+	// Passed is set when the round has ended, every case and its own
+	// steps passed: a round still running (InProgress), or cut short by
+	// an interrupt or a failure that ended the run, has not passed.
+	Passed     bool         `json:"passed"`
+	InProgress bool         `json:"in_progress,omitempty"`
+	Cases      []CaseResult `json:"cases"`
 	// CompactRevision is where the cluster was compacted after the round.
 	CompactRevision int64 `json:"compact_revision,omitempty"`
 	Defragmented    bool  `json:"defragmented,omitempty"`
@@ -193,6 +202,12 @@ func (r *Report) summary(w io.Writer) {
 			parts[i] = n + " " + r.EtcdVersions[n]
 		}
 		fmt.Fprintf(w, "etcd: %s\n", strings.Join(parts, ", "))
+	}
+	if r.TesterVersion != "" {
+		fmt.Fprintf(w, "tester: %s\n", r.TesterVersion)
+	}
+	if c := r.Config; c != nil {
+		fmt.Fprintf(w, "checked: %s\n", c.summary())
 	}
 	for _, s := range r.Skipped {
 		fmt.Fprintf(w, "skipped %s: %s\n", s.Case, s.Reason)

@@ -29,8 +29,8 @@ var (
 // Exit statuses for a command running Run.
 const (
 	ExitPass        = 0   // every case of every round passed
-	ExitFail        = 1   // a case failed, or the run was interrupted
-	ExitSetup       = 2   // bad input, or agents or cluster could not be set up
+	ExitFail        = 1   // a case failed, the cluster never formed, a case was skipped under -require-all-cases, or the run was interrupted
+	ExitSetup       = 2   // bad input, or agents could not be reached or set up
 	ExitInterrupted = 130 // a second interrupt: exited at once, faults may remain
 )
 
@@ -57,8 +57,11 @@ const (
 )
 
 // Run runs the rounds cfg asks for. It returns nil if every case passed, a
-// *SetupError if nothing could start, ErrInterrupted (wrapped) if ctx ended
-// the run, and ErrFailed (wrapped) otherwise.
+// *SetupError if nothing could start (bad input, agents that do not
+// answer), ErrInterrupted (wrapped) if ctx ended the run, and ErrFailed
+// (wrapped) otherwise — also when the first cluster never became healthy,
+// which is etcd's failure, not the infrastructure's, and when
+// RequireAllCases is set and a case had to be skipped.
 func Run(ctx context.Context, cfg Config) error {
 	s, err := cfg.normalize()
 	if err != nil {
@@ -106,6 +109,8 @@ func (t *tester) run(ctx context.Context) (err error) {
 		Started:                time.Now(),
 		RecoveryTimeoutSeconds: s.RecoveryTimeout.Seconds(),
 		Agents:                 s.AgentEndpoints,
+		TesterVersion:          TesterVersion(),
+		Config:                 runConfig(s.Config),
 		Rounds:                 []RoundResult{},
 		Skipped:                []Skip{},
 	}
@@ -150,11 +155,19 @@ func (t *tester) run(ctx context.Context) (err error) {
 	if err := t.setup(ctx); err != nil {
 		t.report.Error = err.Error()
 		t.report.Finished = time.Now()
-		if ctx.Err() != nil {
+		var unhealthy *UnhealthyError
+		switch {
+		case ctx.Err() != nil:
 			// Interrupted while setting up: not bad input.
 			err = fmt.Errorf("%w during setup: %v", ErrInterrupted, err)
 			t.report.Interrupted = true
-		} else {
+		case errors.Is(err, ErrFailed):
+		case errors.As(err, &unhealthy):
+			// Every agent started its member and the members never
+			// agreed on a leader: etcd failed, the infrastructure
+			// did not.
+			err = fmt.Errorf("%w: the cluster never formed: %v", ErrFailed, err)
+		default:
 			err = setupErr(err)
 		}
 		if werr := t.report.write(s.ReportDir); werr != nil {
@@ -198,6 +211,15 @@ func (t *tester) setup(ctx context.Context) error {
 	}
 	if err := t.report.write(s.ReportDir); err != nil {
 		return err
+	}
+	if s.RequireAllCases && len(skipped) > 0 {
+		// Known before anything starts: no point running the others
+		// for a verdict that cannot be PASS.
+		why := make([]string, len(skipped))
+		for i, sk := range skipped {
+			why[i] = sk.Case + " (" + sk.Reason + ")"
+		}
+		return fmt.Errorf("%w: -require-all-cases, and %d cases cannot run here: %s", ErrFailed, len(skipped), strings.Join(why, "; "))
 	}
 	if err := c.ClearLeftovers(ctx, sts); err != nil {
 		return fmt.Errorf("clearing what an earlier run left on the agents: %w", err)
@@ -245,16 +267,13 @@ func (t *tester) rounds(ctx context.Context) error {
 	failed := false
 rounds:
 	for round := 1; s.Limit < 0 || round <= s.Limit; round++ {
-		t.report.trimRounds()
-		t.report.Rounds = append(t.report.Rounds, RoundResult{Round: round, Passed: true, Cases: []CaseResult{}})
-		rr := &t.report.Rounds[len(t.report.Rounds)-1]
+		rr := t.report.startRound(round)
 		for k, cs := range t.cases {
 			res := t.runCase(ctx, round, k+1, cs)
 			t.report.addCase(rr, res)
 			if err := t.casesOut.append(round, res); err != nil {
 				plog.Errorf("%v", err)
 			}
-			rr.Passed = rr.Passed && res.Passed
 			t.metrics.caseDone(res)
 			t.save()
 			if ctx.Err() != nil {
@@ -282,7 +301,7 @@ rounds:
 			}
 		}
 		if err := phaseErr(PhaseMaintain, t.maintain(ctx, rr)); err != nil {
-			rr.Error, rr.Passed = err.Error(), false
+			rr.Error = err.Error()
 			plog.Errorf("[round#%d] %v", round, err)
 			if ctx.Err() != nil {
 				t.metrics.roundDone(false)
@@ -290,6 +309,7 @@ rounds:
 				break
 			}
 		}
+		t.report.endRound(rr)
 		t.metrics.roundDone(rr.Passed)
 		failed = failed || !rr.Passed
 		t.save()
@@ -361,6 +381,7 @@ func (t *tester) finish(ctx context.Context, runErr error, failed bool) error {
 		}
 	}
 	t.report.Unhealed = t.cluster.Faults()
+	t.report.cutRound()
 	if !interrupted {
 		if err := t.cluster.Terminate(hctx); err != nil {
 			plog.Warningf("terminating the cluster at the end: %v", err)
