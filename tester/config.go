@@ -175,8 +175,8 @@ type settings struct {
 	// minBootstrap is minBootstrapTimeout; tests shorten it.
 	minBootstrap time.Duration
 	hosts        []string // member host per agent
-	env   Env      // what is known before any agent answers
-	dial  func(endpoint string) (client.Agent, error)
+	env          Env      // what is known before any agent answers
+	dial         func(endpoint string) (client.Agent, error)
 }
 
 // bootstrapTimeout bounds a wait for health when no fault was just

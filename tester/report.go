@@ -37,7 +37,7 @@ type Report struct {
 	// these say was checked, nothing more.
 	TesterVersion string     `json:"tester_version,omitempty"`
 	Config        *RunConfig `json:"config,omitempty"`
-	Schedule     []string          `json:"schedule"` // the cases of one round, in order
+	Schedule      []string   `json:"schedule"` // the cases of one round, in order
 	// Rounds are the most recent rounds, in full; the RoundsDropped
 	// before them are in cases.jsonl (see results.go).
 	Rounds        []RoundResult `json:"rounds"`

@@ -3,9 +3,9 @@ package tester
 import (
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
-	"slices"
 
 	"github.com/etcd-functional/functional/stresser"
 )
