@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -61,6 +62,9 @@ type Member struct {
 
 	agent client.Agent
 	cli   *clientv3.Client // pinned to ClientURL alone
+	// id is the member's raft ID as its last status said, to name the
+	// leaders other members report.
+	id atomic.Uint64
 }
 
 // Cluster is the etcd cluster under test: its agents, its members' specs

@@ -78,6 +78,11 @@ func (fc faultCase) Requires(env Env) error {
 // Inject hits all targets at once, as a real correlated failure would,
 // and returns every member's error.
 func (fc faultCase) Inject(ctx context.Context, c *Cluster) error {
+	if _, ok := fc.t.(leader); ok {
+		// The leader's pick uses no randomness: drawing first draws
+		// what drawing after the pick did.
+		return c.injectLeader(ctx, fc.f.draw(c.rand()))
+	}
 	members, err := fc.t.pick(ctx, c)
 	if err != nil {
 		return fmt.Errorf("pick %s: %w", strings.ToLower(fc.t.suffix()), err)

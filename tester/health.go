@@ -45,6 +45,7 @@ func memberStatus(ctx context.Context, m *Member) (*pb.StatusResponse, error) {
 	if err != nil {
 		return nil, rpctypes.Error(err)
 	}
+	m.id.Store(st.Header.GetMemberId())
 	return st, nil
 }
 
@@ -184,6 +185,36 @@ func (c *Cluster) Leader(ctx context.Context) (int, error) {
 }
 
 func (c *Cluster) leaderOnce(ctx context.Context) (int, error) {
+	lv, err := c.leaderViewOnce(ctx)
+	return lv.index, err
+}
+
+// leaderView is the leader a majority of members named, and the highest
+// term those members reported for it.
+type leaderView struct {
+	index int
+	id    uint64
+	term  uint64
+}
+
+// leaderViewAt looks the leader up as Leader does, with its term.
+func (c *Cluster) leaderViewAt(ctx context.Context) (leaderView, error) {
+	deadline := time.Now().Add(max(5*c.cfg.ElectionTimeout, 5*time.Second))
+	for {
+		lv, err := c.leaderViewOnce(ctx)
+		if err == nil {
+			return lv, nil
+		}
+		if time.Now().After(deadline) {
+			return lv, err
+		}
+		if serr := sleep(ctx, healthPollInterval); serr != nil {
+			return lv, fmt.Errorf("%w (%v)", serr, err)
+		}
+	}
+}
+
+func (c *Cluster) leaderViewOnce(ctx context.Context) (leaderView, error) {
 	sts := make([]*pb.StatusResponse, len(c.members))
 	errs := make([]error, len(c.members))
 	c.eachMember(func(i int) error {
@@ -191,16 +222,18 @@ func (c *Cluster) leaderOnce(ctx context.Context) (int, error) {
 		return nil
 	})
 	votes := map[uint64]int{}
+	terms := map[uint64]uint64{}
 	index := map[uint64]int{}
 	for i, st := range sts {
 		if st != nil {
 			votes[st.Leader]++
+			terms[st.Leader] = max(terms[st.Leader], st.RaftTerm)
 			index[st.Header.MemberId] = i
 		}
 	}
 	for id, n := range votes {
 		if i, ok := index[id]; ok && id != 0 && n > len(c.members)/2 {
-			return i, nil
+			return leaderView{index: i, id: id, term: terms[id]}, nil
 		}
 	}
 	var said []string
@@ -211,7 +244,7 @@ func (c *Cluster) leaderOnce(ctx context.Context) (int, error) {
 			said = append(said, fmt.Sprintf("%s: leader %x", c.members[i].Name, st.Leader))
 		}
 	}
-	return -1, fmt.Errorf("no leader agreed by a majority: %s", strings.Join(said, "; "))
+	return leaderView{index: -1}, fmt.Errorf("no leader agreed by a majority: %s", strings.Join(said, "; "))
 }
 
 // firstWrite puts a key through every member at once, again and again,
