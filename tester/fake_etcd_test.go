@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
@@ -50,6 +51,24 @@ func startFakeEtcds(t *testing.T, c *Cluster) *fakeEtcds {
 		go func() { defer close(done); s.Serve(ln) }()
 		t.Cleanup(func() { s.Stop(); <-done })
 	}
+	// The members' clients dialled before anything listened: wait until
+	// each gets through, so that a test starts from a reachable cluster.
+	for _, m := range c.members {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, err := memberStatus(ctx, m)
+			cancel()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("fake etcd of %s not reachable: %v", m.Name, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	fe.calls = map[int]int{}
 	return fe
 }
 

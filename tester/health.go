@@ -82,6 +82,17 @@ func memberHealth(ctx context.Context, m *Member) (*pb.StatusResponse, error) {
 // unhealthy member, none if all are healthy and agree on one leader that
 // is one of them.
 func (c *Cluster) healthOnce(ctx context.Context) map[string]string {
+	return c.healthPoll(ctx).reasons
+}
+
+// healthPoll is one look at every member: the leader they agree on and
+// its term when all are healthy, else why each is not.
+type healthPoll struct {
+	leader, term uint64
+	reasons      map[string]string
+}
+
+func (c *Cluster) healthPoll(ctx context.Context) healthPoll {
 	sts := make([]*pb.StatusResponse, len(c.members))
 	reasons := map[string]string{}
 	var mu sync.Mutex
@@ -96,7 +107,7 @@ func (c *Cluster) healthOnce(ctx context.Context) map[string]string {
 		return nil
 	})
 	if len(reasons) > 0 {
-		return reasons
+		return healthPoll{reasons: reasons}
 	}
 	ids := map[uint64]string{}
 	for i, st := range sts {
@@ -104,11 +115,13 @@ func (c *Cluster) healthOnce(ctx context.Context) map[string]string {
 	}
 	lead := sts[0].Leader
 	agreed := true
+	var term uint64
 	for _, st := range sts {
 		agreed = agreed && st.Leader == lead
+		term = max(term, st.RaftTerm)
 	}
 	if _, known := ids[lead]; agreed && known {
-		return nil
+		return healthPoll{leader: lead, term: term}
 	}
 	for i, st := range sts {
 		who := ids[st.Leader]
@@ -117,7 +130,7 @@ func (c *Cluster) healthOnce(ctx context.Context) map[string]string {
 		}
 		reasons[c.members[i].Name] = fmt.Sprintf("sees leader %x (%s); members disagree", st.Leader, who)
 	}
-	return reasons
+	return healthPoll{reasons: reasons}
 }
 
 // WaitHealthy polls until every member is healthy and they agree on one
