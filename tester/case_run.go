@@ -52,6 +52,10 @@ type caseRun struct {
 	res      CaseResult
 	stressed bool               // the load ran during the case
 	watchers *stresser.Watchers // the case's recorded watches; nil if none
+	// writes follows the probe writes from injection to the first write
+	// after recovery; stopWrites ends them (nil before injection).
+	writes     *writeFigures
+	stopWrites func()
 }
 
 // runCase plays one case. It always recovers what it injected; a failed
@@ -85,6 +89,7 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 // failed before it, unless ctx has ended (finish heals then).
 func (r *caseRun) play(ctx context.Context) error {
 	defer r.pauseStress()
+	defer r.endWrites()
 	if err := r.log(r.prepare(ctx)); err != nil {
 		return err
 	}
@@ -143,6 +148,7 @@ func (r *caseRun) prepare(ctx context.Context) error {
 func (r *caseRun) inject(ctx context.Context) error {
 	c := r.t.cluster
 	r.lg.Infof("inject: %s", r.cs.Describe())
+	r.writes, r.stopWrites = c.startWriteFigures(ctx)
 	r.res.InjectTime = time.Now()
 	err := r.cs.Inject(ctx, c)
 	r.res.Targets = append(r.res.Targets, c.Targets()...)
@@ -160,7 +166,24 @@ func (r *caseRun) hold(ctx context.Context) error {
 func (r *caseRun) recover(ctx context.Context) error {
 	err := r.cs.Recover(ctx, r.t.cluster)
 	r.res.RecoverTime = time.Now()
+	if r.writes != nil {
+		r.writes.setMark(r.res.RecoverTime)
+	}
 	return phaseErr(PhaseRecover, err)
+}
+
+// endWrites stops the probe writes, once, and keeps the unavailability
+// they measured.
+func (r *caseRun) endWrites() {
+	if r.stopWrites == nil {
+		return
+	}
+	r.stopWrites()
+	r.stopWrites = nil
+	if d, ok := r.writes.unavailability(r.res.InjectTime); ok {
+		s := d.Seconds()
+		r.res.UnavailabilitySeconds = &s
+	}
 }
 
 // pauseStress pauses the load, once, and keeps its figures.
@@ -172,7 +195,9 @@ func (r *caseRun) pauseStress() {
 }
 
 // waitHealthy waits for every member to be healthy under one leader, and
-// measures the time to the first successful put alongside.
+// for the first write after recovery, both measured at the figures'
+// resolution (see figures.go); then it ends the probe writes, which
+// measured the unavailability since injection.
 func (r *caseRun) waitHealthy(ctx context.Context) error {
 	c, timeout := r.t.cluster, r.t.s.RecoveryTimeout
 	wctx, cancel := context.WithTimeout(ctx, timeout)
@@ -180,23 +205,28 @@ func (r *caseRun) waitHealthy(ctx context.Context) error {
 	var wg sync.WaitGroup
 	var written time.Time
 	var writeErr error
-	wg.Go(func() { written, writeErr = c.firstWrite(wctx) })
-	err := c.WaitHealthy(ctx, timeout)
+	wg.Go(func() { written, writeErr = r.writes.waitFirstWrite(wctx) })
+	healthy, err := c.waitHealthyFine(ctx, timeout)
 	if err == nil {
-		r.res.HealthyTime = time.Now()
-		r.res.RecoverySeconds = r.res.HealthyTime.Sub(r.res.RecoverTime).Seconds()
+		r.res.HealthyTime = healthy
+		r.res.RecoverySeconds = max(healthy.Sub(r.res.RecoverTime), 0).Seconds()
 	} else {
-		cancel() // no point writing to a cluster declared broken
+		cancel() // no point waiting for a write to a cluster declared broken
 	}
 	wg.Wait()
+	r.endWrites()
 	if err != nil {
 		return phaseErr(PhaseWaitHealthy, fmt.Errorf("after recovery (timeout %v): %w", timeout, err))
 	}
 	if writeErr != nil {
 		return phaseErr(PhaseWaitHealthy, fmt.Errorf("healthy, but no put succeeded within %v: %w", timeout, writeErr))
 	}
-	r.res.FirstWriteSeconds = written.Sub(r.res.RecoverTime).Seconds()
-	r.lg.Infof("healthy after %.2fs, first write after %.2fs", r.res.RecoverySeconds, r.res.FirstWriteSeconds)
+	r.res.FirstWriteSeconds = max(written.Sub(r.res.RecoverTime), 0).Seconds()
+	unavail := "-"
+	if u := r.res.UnavailabilitySeconds; u != nil {
+		unavail = fmt.Sprintf("%.3fs", *u)
+	}
+	r.lg.Infof("unavailable %s after injection; healthy %.3fs and first write %.3fs after recovery", unavail, r.res.RecoverySeconds, r.res.FirstWriteSeconds)
 	return nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -94,18 +93,23 @@ type healthPoll struct {
 
 func (c *Cluster) healthPoll(ctx context.Context) healthPoll {
 	sts := make([]*pb.StatusResponse, len(c.members))
-	reasons := map[string]string{}
-	var mu sync.Mutex
+	errs := make([]error, len(c.members))
 	c.eachMember(func(i int) error {
-		st, err := memberHealth(ctx, c.members[i])
-		mu.Lock()
-		defer mu.Unlock()
-		sts[i] = st
+		sts[i], errs[i] = memberHealth(ctx, c.members[i])
+		return nil
+	})
+	return c.judgeHealth(sts, errs)
+}
+
+// judgeHealth judges one look at every member: each member's health
+// probe's status and error.
+func (c *Cluster) judgeHealth(sts []*pb.StatusResponse, errs []error) healthPoll {
+	reasons := map[string]string{}
+	for i, err := range errs {
 		if err != nil {
 			reasons[c.members[i].Name] = err.Error()
 		}
-		return nil
-	})
+	}
 	if len(reasons) > 0 {
 		return healthPoll{reasons: reasons}
 	}
@@ -258,46 +262,6 @@ func (c *Cluster) leaderViewOnce(ctx context.Context) (leaderView, error) {
 		}
 	}
 	return leaderView{index: -1}, fmt.Errorf("no leader agreed by a majority: %s", strings.Join(said, "; "))
-}
-
-// firstWrite puts a key through every member at once, again and again,
-// and returns when the first put succeeds: how soon the cluster took a
-// write again.
-func (c *Cluster) firstWrite(ctx context.Context) (time.Time, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		mu    sync.Mutex
-		first time.Time
-		last  = map[string]error{}
-	)
-	var wg sync.WaitGroup
-	for _, m := range c.members {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				pctx, pcancel := context.WithTimeout(ctx, memberCallTimeout)
-				_, err := m.cli.Put(pctx, "/etcd-tester/first-write", m.Name)
-				pcancel()
-				mu.Lock()
-				if err == nil {
-					if first.IsZero() {
-						first = time.Now()
-					}
-					mu.Unlock()
-					cancel()
-					return
-				}
-				last[m.Name] = err
-				mu.Unlock()
-				sleep(ctx, 20*time.Millisecond)
-			}
-		})
-	}
-	wg.Wait()
-	if first.IsZero() {
-		return first, fmt.Errorf("no put succeeded: %v (last errors: %v)", ctx.Err(), last)
-	}
-	return first, nil
 }
 
 // waitRevisionAdvance polls the members without a fault until their

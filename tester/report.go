@@ -86,6 +86,11 @@ type CaseResult struct {
 	// from RecoverTime to the first put that succeeded.
 	RecoverySeconds   float64 `json:"recovery_seconds"`
 	FirstWriteSeconds float64 `json:"first_write_seconds"`
+	// UnavailabilitySeconds is from InjectTime to the first client write
+	// that succeeded after the last one that failed (0 if none failed);
+	// absent if it was not measured (no write succeeded after the last
+	// failure). Each figure is exact to about 50 ms (see figures.go).
+	UnavailabilitySeconds *float64 `json:"unavailability_seconds,omitempty"`
 	// CompactRevision is where the cluster stood compacted after the
 	// case (each passed case compacts); 0 if it never was.
 	CompactRevision int64 `json:"compact_revision,omitempty"`
@@ -166,7 +171,7 @@ func writeAtomic(path string, data []byte) error {
 // the verdict.
 func (r *Report) summary(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ROUND\tCASE\tRESULT\tRECOVERY\tFIRST WRITE\tSTRESS QPS\tSTRESS ERRORS\tTARGETS")
+	fmt.Fprintln(tw, "ROUND\tCASE\tRESULT\tUNAVAILABLE\tRECOVERY\tFIRST WRITE\tSTRESS QPS\tSTRESS ERRORS\tTARGETS")
 	for _, rd := range r.Rounds {
 		for _, c := range rd.Cases {
 			result := "PASS"
@@ -178,12 +183,16 @@ func (r *Report) summary(w io.Writer) {
 				qps = fmt.Sprintf("%.0f", c.Stress.QPS)
 				errs = fmt.Sprintf("%d", c.Stress.Failure)
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rd.Round, c.Case, result,
+			unavail := "-"
+			if c.UnavailabilitySeconds != nil {
+				unavail = seconds(*c.UnavailabilitySeconds, true)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rd.Round, c.Case, result, unavail,
 				seconds(c.RecoverySeconds, !c.HealthyTime.IsZero()), seconds(c.FirstWriteSeconds, c.FirstWriteSeconds > 0),
 				qps, errs, strings.Join(c.Targets, ","))
 		}
 		if rd.Error != "" {
-			fmt.Fprintf(tw, "%d\t(after the round)\tFAIL\t\t\t\t\t\n", rd.Round)
+			fmt.Fprintf(tw, "%d\t(after the round)\tFAIL\t\t\t\t\t\t\n", rd.Round)
 		}
 	}
 	tw.Flush()
