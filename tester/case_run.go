@@ -56,6 +56,7 @@ type caseRun struct {
 	// after recovery; stopWrites ends them (nil before injection).
 	writes     *writeFigures
 	stopWrites func()
+	injected   time.Time // when injection ended
 }
 
 // runCase plays one case. It always recovers what it injected; a failed
@@ -151,7 +152,17 @@ func (r *caseRun) inject(ctx context.Context) error {
 	r.writes, r.stopWrites = c.startWriteFigures(ctx)
 	r.res.InjectTime = time.Now()
 	err := r.cs.Inject(ctx, c)
+	r.injected = time.Now()
 	r.res.Targets = append(r.res.Targets, c.Targets()...)
+	r.res.Faults = c.takeDrawn()
+	r.res.LoadSeed = r.t.loadSeed()
+	if r.t.s.replay != nil {
+		notes, untaken := c.replayNotes()
+		if untaken {
+			notes = append(notes, "this case picks its own targets: they were drawn from the seed, not taken from the record")
+		}
+		r.res.ReplayNotes = notes
+	}
 	if err != nil {
 		return phaseErr(PhaseInject, err)
 	}
@@ -164,6 +175,9 @@ func (r *caseRun) hold(ctx context.Context) error {
 }
 
 func (r *caseRun) recover(ctx context.Context) error {
+	if !r.injected.IsZero() {
+		r.res.HoldSeconds = time.Since(r.injected).Seconds()
+	}
 	err := r.cs.Recover(ctx, r.t.cluster)
 	r.res.RecoverTime = time.Now()
 	if r.writes != nil {

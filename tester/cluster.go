@@ -85,6 +85,10 @@ type Cluster struct {
 	// fail at once with that error, so that an agent gone for good costs
 	// the run one retry window, not one per step.
 	gone map[int]error
+	// pin holds the members a replayed case must hit.
+	pin pinned
+	// drawn records the faults the running case drew.
+	drawn []string
 }
 
 func newCluster(s *settings, agents []client.Agent) (*Cluster, error) {

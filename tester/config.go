@@ -88,6 +88,10 @@ type Config struct {
 
 	// Seed makes targets, random delays and the load repeatable.
 	Seed int64
+	// Replay, if set, is a results.json whose rounds to play again: the
+	// same cases in the same order on the same members, with its seed
+	// (Seed, Cases, ScheduleCases and Limit are taken from it).
+	Replay string
 
 	// MetricsAddr is where Prometheus metrics and /status are served;
 	// empty turns the server off.
@@ -175,7 +179,8 @@ type settings struct {
 	// minBootstrap is minBootstrapTimeout; tests shorten it.
 	minBootstrap time.Duration
 	hosts        []string // member host per agent
-	env          Env      // what is known before any agent answers
+	replay       []replayRound
+	env          Env // what is known before any agent answers
 	dial         func(endpoint string) (client.Agent, error)
 }
 
@@ -188,7 +193,19 @@ func (s *settings) bootstrapTimeout() time.Duration {
 
 // normalize works on its own copy of c: checkAgents fills in the ports.
 func (c Config) normalize() (*settings, error) {
-	hosts, errs := c.checkAgents()
+	var replay []replayRound
+	var errs []error
+	if c.Replay != "" {
+		var err error
+		var seed int64
+		replay, seed, err = readReplay(c.Replay, len(c.AgentEndpoints))
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.Seed, c.Cases, c.ScheduleCases, c.Limit = seed, replayNames(replay), nil, max(len(replay), 1)
+	}
+	hosts, aerrs := c.checkAgents()
+	errs = append(errs, aerrs...)
 	errs = append(errs, c.checkNumbers()...)
 	errs = append(errs, c.checkStresser(hosts)...)
 	dial := c.DialAgent
@@ -199,7 +216,7 @@ func (c Config) normalize() (*settings, error) {
 		}
 		dial = func(ep string) (client.Agent, error) { return client.New(ep, acfg) }
 	}
-	s := &settings{Config: c, minBootstrap: minBootstrapTimeout, hosts: hosts, dial: dial}
+	s := &settings{Config: c, minBootstrap: minBootstrapTimeout, hosts: hosts, dial: dial, replay: replay}
 	s.env = Env{
 		Members:      len(hosts),
 		Hosts:        hosts,

@@ -91,6 +91,15 @@ type CaseResult struct {
 	// absent if it was not measured (no write succeeded after the last
 	// failure). Each figure is exact to about 50 ms (see figures.go).
 	UnavailabilitySeconds *float64 `json:"unavailability_seconds,omitempty"`
+	// The schedule as it ran, for -replay: the faults as drawn (with
+	// their drawn parameters), how long the fault was held (from the end
+	// of injection to the start of recovery), and the load's seed.
+	Faults      []string `json:"faults,omitempty"`
+	HoldSeconds float64  `json:"hold_seconds,omitempty"`
+	LoadSeed    int64    `json:"load_seed,omitempty"`
+	// ReplayNotes say what a replay of this case found different from
+	// the record (a member that no longer holds the case's role).
+	ReplayNotes []string `json:"replay_notes,omitempty"`
 	// CompactRevision is where the cluster stood compacted after the
 	// case (each passed case compacts); 0 if it never was.
 	CompactRevision int64 `json:"compact_revision,omitempty"`

@@ -239,7 +239,7 @@ func (t *tester) newStress() error {
 	t.seedBoot++
 	cfg := t.s.Stresser
 	cfg.Endpoints = t.cluster.ClientURLs()
-	cfg.Seed = t.s.Seed + t.seedBoot
+	cfg.Seed = t.loadSeed()
 	st, err := stresser.New(cfg)
 	if err != nil {
 		return fmt.Errorf("stresser: %w", err)
@@ -247,6 +247,9 @@ func (t *tester) newStress() error {
 	t.stress, t.stressing = st, false
 	return nil
 }
+
+// loadSeed is the seed of the current bootstrap's load.
+func (t *tester) loadSeed() int64 { return t.s.Seed + t.seedBoot }
 
 func (t *tester) startStress(ctx context.Context) error {
 	if t.stressing {
@@ -266,10 +269,14 @@ func (t *tester) rounds(ctx context.Context) error {
 	var runErr error
 	failed := false
 rounds:
-	for round := 1; s.Limit < 0 || round <= s.Limit; round++ {
+	for n := 1; s.Limit < 0 || n <= s.Limit; n++ {
+		round, steps := t.roundPlan(n)
 		rr := t.report.startRound(round)
-		for k, cs := range t.cases {
-			res := t.runCase(ctx, round, k+1, cs)
+		for _, st := range steps {
+			if st.pin != nil {
+				t.cluster.pinTargets(st.pin)
+			}
+			res := t.runCase(ctx, round, st.index, st.cs)
 			t.report.addCase(rr, res)
 			if err := t.casesOut.append(round, res); err != nil {
 				plog.Errorf("%v", err)
@@ -319,6 +326,37 @@ rounds:
 		}
 	}
 	return t.finish(ctx, runErr, failed)
+}
+
+// roundStep is one case of a round: its place and, in a replay, the
+// members it must hit.
+type roundStep struct {
+	index int
+	cs    Case
+	pin   []int
+}
+
+// roundPlan is the n-th round to play: the schedule, or in a replay the
+// n-th recorded round with its own number, so that each case redraws
+// what it drew (caseRand is keyed by round and place).
+func (t *tester) roundPlan(n int) (int, []roundStep) {
+	if t.s.replay == nil {
+		steps := make([]roundStep, len(t.cases))
+		for k, cs := range t.cases {
+			steps[k] = roundStep{index: k + 1, cs: cs}
+		}
+		return n, steps
+	}
+	byName := map[string]Case{}
+	for _, cs := range t.cases {
+		byName[cs.Name()] = cs
+	}
+	pr := t.s.replay[n-1]
+	steps := make([]roundStep, len(pr.cases))
+	for k, rc := range pr.cases {
+		steps[k] = roundStep{index: rc.index, cs: byName[rc.name], pin: append([]int{}, rc.members...)}
+	}
+	return pr.round, steps
 }
 
 // maintain defragments after every DefragInterval rounds and after the

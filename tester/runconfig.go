@@ -37,6 +37,8 @@ type RunConfig struct {
 	PeerProxy       bool     `json:"peer_proxy"`
 	// The stresser nop alone is no load at all.
 	Load bool `json:"load"`
+	// Replay is the results.json this run replayed, if any.
+	Replay string `json:"replay,omitempty"`
 }
 
 func runConfig(c Config) *RunConfig {
@@ -59,6 +61,7 @@ func runConfig(c Config) *RunConfig {
 		ExitOnFailure:                 c.ExitOnFailure,
 		DefragInterval:                c.DefragInterval,
 		PeerProxy:                     c.PeerProxy,
+		Replay:                        c.Replay,
 		Load:                          slices.ContainsFunc(c.Stresser.Names, func(n string) bool { return n != stresser.NameNop }),
 	}
 }

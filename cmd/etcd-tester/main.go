@@ -164,6 +164,7 @@ Flags:
 	fs.StringVar(&cfg.AgentKeyFile, "agent-key-file", "", "key of -agent-cert-file")
 	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA certificate that verifies the agents (turns TLS on)")
 	fs.IntVar(&cfg.DefragInterval, "defrag-interval", def.DefragInterval, "defragment every member every this many rounds; 0 never")
+	fs.StringVar(&cfg.Replay, "replay", "", "play the cases of an earlier run's `results.json` again: same rounds, same order, same members hit, same seed (its -seed, -cases, -schedule-cases and -limit win); a case whose member no longer holds its role says so")
 	fs.StringVar(&opts.fromJSON, "report-from", "", "render `results.json` of an earlier run as -report-dir/index.html and exit; runs nothing")
 	fs.StringVar(&opts.logLevel, "log-level", "INFO", "log level: CRITICAL, ERROR, WARNING, NOTICE, INFO, DEBUG or TRACE")
 

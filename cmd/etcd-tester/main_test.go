@@ -77,7 +77,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		"schedule-cases", "stresser", "stress-qps", "stress-key-size", "stress-key-large-size", "stress-key-suffix-range",
 		"stress-key-txn-ops", "consistency-check", "exit-on-failure", "heartbeat-interval", "election-timeout",
 		"recovery-timeout", "case-delay", "snapshot-count", "seed", "metrics-addr", "report-dir", "agent-token-file",
-		"agent-cert-file", "agent-key-file", "agent-ca-file", "defrag-interval", "log-level", "require-all-cases"} {
+		"agent-cert-file", "agent-key-file", "agent-ca-file", "defrag-interval", "log-level", "require-all-cases", "replay"} {
 		if !strings.Contains(out.String(), "  -"+f+" ") && !strings.Contains(out.String(), "  -"+f+"\n") {
 			t.Errorf("-h does not document -%s", f)
 		}
