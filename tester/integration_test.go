@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -342,6 +343,42 @@ func TestRunLeaderCasesAndFigures(t *testing.T) {
 			if u > 0.1 {
 				t.Errorf("%s unavailable %.3fs; the quorum never lost its leader", c.Case, u)
 			}
+		}
+	}
+}
+
+// A replay on real etcd: the recorded run's cases hit the same members,
+// with the same faults drawn, in the same order.
+func TestRunReplayHitsSameMembers(t *testing.T) {
+	ta := startAgents(t, 3)
+	cfg := ta.config(t)
+	cfg.Cases = []string{"SIGKILL_ONE_FOLLOWER", "RANDOM_DELAY_PEER_PORT_TX_RX_QUORUM", "SIGSTOP_ONE_FOLLOWER"}
+	cfg.StressWarmup = 500 * time.Millisecond
+	cfg.Seed = 42
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if err := tester.Run(ctx, cfg); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	first := readResults(t, cfg.ReportDir)
+
+	replay := ta.config(t)
+	replay.Replay = filepath.Join(cfg.ReportDir, tester.ResultsFile)
+	replay.Seed = 1 // the record's seed wins
+	replay.StressWarmup = cfg.StressWarmup
+	if err := tester.Run(ctx, replay); err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	second := readResults(t, replay.ReportDir)
+	if second.Seed != 42 || len(second.Rounds) != 1 || len(second.Rounds[0].Cases) != 3 {
+		t.Fatalf("replay results: seed %d, rounds %+v", second.Seed, second.Rounds)
+	}
+	for k, c := range first.Rounds[0].Cases {
+		r := second.Rounds[0].Cases[k]
+		t.Logf("%s: run hit %v with %v; replay hit %v with %v (notes %q)", c.Case, c.Targets, c.Faults, r.Targets, r.Faults, r.ReplayNotes)
+		if r.Case != c.Case || !slices.Equal(r.Targets, c.Targets) || !slices.Equal(r.Faults, c.Faults) || r.LoadSeed != c.LoadSeed {
+			t.Errorf("case %d: replay %s on %v with %v (load seed %d), run %s on %v with %v (load seed %d)",
+				k+1, r.Case, r.Targets, r.Faults, r.LoadSeed, c.Case, c.Targets, c.Faults, c.LoadSeed)
 		}
 	}
 }

@@ -244,6 +244,13 @@ func (r *Report) summary(w io.Writer) {
 	for _, f := range failures {
 		fmt.Fprintln(w, "failed", f)
 	}
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			for _, n := range c.ReplayNotes {
+				fmt.Fprintf(w, "replay round %d case %d %s: %s\n", rd.Round, c.Index, c.Case, n)
+			}
+		}
+	}
 	switch {
 	case r.Interrupted:
 		fmt.Fprintln(w, "result: INTERRUPTED")
