@@ -13,7 +13,8 @@ import (
 // one probe's round trip (well under 50 ms on a LAN):
 //
 //   - unavailability: from injection to the first client write that
-//     succeeded after the last one that failed (0 if none failed);
+//     succeeded after the last one that failed (0 if none failed); a
+//     write fails when no member commits it within writeProbeTimeout;
 //   - recovery: from the end of recovery to every member healthy under
 //     one leader;
 //   - first write: from the end of recovery to the first write that
@@ -28,6 +29,12 @@ import (
 const (
 	figureInterval     = 25 * time.Millisecond
 	figureProbeTimeout = memberCallTimeout
+	// writeProbeTimeout bounds each probe write. A put sent to a
+	// follower while there is no leader waits for the next one and then
+	// succeeds: with a long bound, writes begun during an election
+	// succeeded after it and the outage measured 0. A write the cluster
+	// takes more than this to commit was not available to its client.
+	writeProbeTimeout = 500 * time.Millisecond
 )
 
 // everyInterval calls tick every interval, from now until ctx ends, each
@@ -256,7 +263,7 @@ func (c *Cluster) startWriteFigures(ctx context.Context) (w *writeFigures, stop 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		probeWrites(ctx, len(c.members), figureInterval, figureProbeTimeout, func(ctx context.Context, i int) error {
+		probeWrites(ctx, len(c.members), figureInterval, writeProbeTimeout, func(ctx context.Context, i int) error {
 			_, err := c.members[i].cli.Put(ctx, figureWriteKey, c.members[i].Name)
 			return err
 		}, w)
