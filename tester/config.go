@@ -90,7 +90,8 @@ type Config struct {
 	Seed int64
 	// Replay, if set, is a results.json whose rounds to play again: the
 	// same cases in the same order on the same members, with its seed
-	// (Seed, Cases, ScheduleCases and Limit are taken from it).
+	// (Seed, Cases, ScheduleCases, Limit, CaseDelay and the stressers'
+	// names, rate and past reads are taken from it).
 	Replay string
 
 	// MetricsAddr is where Prometheus metrics and /status are served;
@@ -197,12 +198,14 @@ func (c Config) normalize() (*settings, error) {
 	var errs []error
 	if c.Replay != "" {
 		var err error
-		var seed int64
-		replay, seed, err = readReplay(c.Replay, len(c.AgentEndpoints))
+		var rec *Report
+		replay, rec, err = readReplay(c.Replay, len(c.AgentEndpoints))
 		if err != nil {
 			errs = append(errs, err)
 		}
-		c.Seed, c.Cases, c.ScheduleCases, c.Limit = seed, replayNames(replay), nil, max(len(replay), 1)
+		if rec != nil {
+			c.applyRecorded(replay, rec)
+		}
 	}
 	hosts, aerrs := c.checkAgents()
 	errs = append(errs, aerrs...)

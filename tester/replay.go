@@ -10,13 +10,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Replay: results.json records each case as it ran — the members it hit,
 // the fault as drawn, how long it was held, the seed of the load — and
 // -replay plays those cases again in the same rounds and order, on the
-// same members. The seed (taken from the file) redraws the same delays
-// and the same load; the members hit are taken from the record, not from
+// same members. The seed, hold and load settings (taken from the file)
+// redraw the same delays and the same load; the members hit are taken from the record, not from
 // who holds which role now, so a case whose member no longer holds its
 // role (a LEADER case whose member is now a follower) still hits that
 // member, and says so in its replay_note.
@@ -35,18 +36,18 @@ type replayRound struct {
 }
 
 // readReplay reads the cases of a results.json to replay, for agents
-// agents. It returns the recorded seed too.
-func readReplay(path string, agents int) ([]replayRound, int64, error) {
+// agents. It returns the recorded report too (its seed, its config).
+func readReplay(path string, agents int) ([]replayRound, *Report, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, 0, fmt.Errorf("-replay: %w", err)
+		return nil, nil, fmt.Errorf("-replay: %w", err)
 	}
 	var r Report
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, 0, fmt.Errorf("-replay: %s is not a results.json: %w", path, err)
+		return nil, nil, fmt.Errorf("-replay: %s is not a results.json: %w", path, err)
 	}
 	if r.RoundsDropped > 0 {
-		return nil, 0, fmt.Errorf("-replay: %s keeps only its last %d rounds in full (%d were dropped to cases.jsonl); a replay must start from the first round", path, len(r.Rounds), r.RoundsDropped)
+		return nil, nil, fmt.Errorf("-replay: %s keeps only its last %d rounds in full (%d were dropped to cases.jsonl); a replay must start from the first round", path, len(r.Rounds), r.RoundsDropped)
 	}
 	var plan []replayRound
 	var errs []error
@@ -71,7 +72,20 @@ func readReplay(path string, agents int) ([]replayRound, int64, error) {
 	if len(plan) == 0 && len(errs) == 0 {
 		errs = append(errs, fmt.Errorf("-replay: %s records no case", path))
 	}
-	return plan, r.Seed, errors.Join(errs...)
+	return plan, &r, errors.Join(errs...)
+}
+
+// applyRecorded takes from a recorded run what its schedule depended on:
+// the seed, the cases, the hold and the load (a load seed means the same
+// load only with the same stressers and rate).
+func (c *Config) applyRecorded(plan []replayRound, r *Report) {
+	c.Seed, c.Cases, c.ScheduleCases, c.Limit = r.Seed, replayNames(plan), nil, max(len(plan), 1)
+	if rc := r.Config; rc != nil {
+		c.CaseDelay = time.Duration(rc.CaseDelaySeconds * float64(time.Second))
+		c.Stresser.Names = slices.Clone(rc.Stressers)
+		c.Stresser.QPS = rc.StressQPS
+		c.Stresser.SkipPastReads = !rc.PastReads
+	}
 }
 
 // memberIndex is the agent index of the member named name ("etcd-2").

@@ -91,7 +91,7 @@ func TestReplayRedrawsTheSameFault(t *testing.T) {
 // the members each hit; what cannot be replayed is bad input.
 func TestReadReplay(t *testing.T) {
 	dir := t.TempDir()
-	r := Report{Seed: 99, Rounds: []RoundResult{
+	r := Report{Seed: 99, Config: &RunConfig{CaseDelaySeconds: 2.5, Stressers: []string{"keys"}, StressQPS: 77, PastReads: false}, Rounds: []RoundResult{
 		{Round: 1, Cases: []CaseResult{{Case: "SIGKILL_LEADER", Index: 1, Targets: []string{"etcd-2"}}, {Case: "NO_FAIL_WITH_STRESS", Index: 2, Targets: []string{}}}},
 		{Round: 2, Cases: []CaseResult{{Case: "SIGKILL_QUORUM", Index: 1, Targets: []string{"etcd-0", "etcd-1"}}}},
 	}}
@@ -104,8 +104,9 @@ func TestReadReplay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Seed != 99 || s.Limit != 2 || !slices.Equal(s.Cases, []string{"SIGKILL_LEADER", "NO_FAIL_WITH_STRESS", "SIGKILL_QUORUM"}) {
-		t.Errorf("replay settings: seed %d, limit %d, cases %v", s.Seed, s.Limit, s.Cases)
+	if s.Seed != 99 || s.Limit != 2 || !slices.Equal(s.Cases, []string{"SIGKILL_LEADER", "NO_FAIL_WITH_STRESS", "SIGKILL_QUORUM"}) ||
+		s.CaseDelay != 2500*time.Millisecond || !slices.Equal(s.Stresser.Names, []string{"keys"}) || s.Stresser.QPS != 77 || !s.Stresser.SkipPastReads {
+		t.Errorf("replay settings: seed %d, limit %d, cases %v, case delay %v, stresser %+v", s.Seed, s.Limit, s.Cases, s.CaseDelay, s.Stresser)
 	}
 	tr := &tester{s: s}
 	tr.cases, _, _ = s.selectCases(nil)
