@@ -49,11 +49,14 @@ func TestLeaderCaseFailsWhenLeadershipKeepsMoving(t *testing.T) {
 	c, fakes := fakeCluster(t, 3)
 	startAll(t, fakes)
 	fe := startFakeEtcds(t, c)
+	total := 0
 	fe.set(func(fe *fakeEtcds) {
 		fe.onStatus = func(i, calls int) {
-			// Every confirmation finds the looked-up leader gone.
-			if i == int(fe.leader-1) && calls%2 == 1 {
-				fe.leader, fe.term = fakeID((i+1)%3), fe.term+1
+			// A lookup asks the three members, then the confirmation
+			// asks the one looked up: every fourth Status is a
+			// confirmation, and finds the leader gone.
+			if total++; total%4 == 0 {
+				fe.leader, fe.term = fakeID(int(fe.leader)%3), fe.term+1
 			}
 		}
 	})
