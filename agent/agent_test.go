@@ -802,8 +802,11 @@ func TestDataDirCannotBeSwallowedByATrailingFlag(t *testing.T) {
 	m := newMember(t, "swallow", false)
 	args := append(slices.Clone(m.args), "--initial-cluster-token")
 	if _, err := c.Start(context.Background(), args); err != nil {
-		// etcd refusing the value-less flag is as good.
-		expectErr(t, "Start with a trailing value-less flag", err, "flag needs an argument")
+		// etcd refusing the value-less flag is as good: v3.6 says so last
+		// in its log, v3.7 first and then prints its usage.
+		if !strings.Contains(err.Error(), "flag needs an argument") && !strings.Contains(err.Error(), "Start an etcd server") {
+			t.Fatalf("Start with a trailing value-less flag: %v; want etcd to refuse the flag", err)
+		}
 		return
 	}
 	waitHealthy(t, m.clientURL())

@@ -142,6 +142,14 @@ func New(cfg Config) (*Composite, error) {
 			c.members = append(c.members, nopStresser{})
 		case NameHistory:
 			c.members = append(c.members, newHistoryStresser(cfg, rec))
+		case NameElectionRunner:
+			c.members = append(c.members, newElectionRunner(cfg))
+		case NameLockRunner:
+			c.members = append(c.members, newLockRunner(cfg))
+		case NameLeaseRunner:
+			c.members = append(c.members, newLeaseRunner(cfg))
+		case NameWatchRunner:
+			c.members = append(c.members, newWatchRunner(cfg))
 		}
 	}
 	return c, nil

@@ -25,7 +25,8 @@ const (
 )
 
 // ValidNames lists every name Config.Names accepts.
-var ValidNames = []string{NameKeys, NameLease, NameNop, NameHistory}
+var ValidNames = []string{NameKeys, NameLease, NameNop, NameHistory,
+	NameElectionRunner, NameLockRunner, NameLeaseRunner, NameWatchRunner}
 
 // maxTxnOps is etcd's default --max-txn-ops; a bigger transaction is refused.
 const maxTxnOps = 128

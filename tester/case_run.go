@@ -70,6 +70,7 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 	}
 	t.metrics.setCase(round, index, name)
 	t.cluster.setRand(caseRand(t.s.Seed, round, index))
+	ctx = withCaseRound(ctx, round) // EXTERNAL passes it to the user's program
 
 	err := r.play(ctx)
 	if r.watchers != nil {

@@ -20,11 +20,20 @@ var wantCases = []string{
 	"BLACKHOLE_PEER_PORT_TX_RX_ONE_FOLLOWER", "BLACKHOLE_PEER_PORT_TX_RX_LEADER",
 	"BLACKHOLE_PEER_PORT_TX_RX_QUORUM", "BLACKHOLE_PEER_PORT_TX_RX_ALL",
 	"BLACKHOLE_PEER_PORT_TX_RX_ONE_FOLLOWER_UNTIL_TRIGGER_SNAPSHOT",
+	"BLACKHOLE_PEER_PORT_TX_RX_LEADER_UNTIL_TRIGGER_SNAPSHOT",
+	"DELAY_PEER_PORT_TX_RX_ONE_FOLLOWER_UNTIL_TRIGGER_SNAPSHOT",
+	"DELAY_PEER_PORT_TX_RX_LEADER_UNTIL_TRIGGER_SNAPSHOT",
+	"RANDOM_DELAY_PEER_PORT_TX_RX_ONE_FOLLOWER_UNTIL_TRIGGER_SNAPSHOT",
+	"RANDOM_DELAY_PEER_PORT_TX_RX_LEADER_UNTIL_TRIGGER_SNAPSHOT",
 	"DELAY_PEER_PORT_TX_RX_ONE_FOLLOWER", "DELAY_PEER_PORT_TX_RX_LEADER",
 	"DELAY_PEER_PORT_TX_RX_QUORUM", "DELAY_PEER_PORT_TX_RX_ALL",
 	"RANDOM_DELAY_PEER_PORT_TX_RX_ONE_FOLLOWER", "RANDOM_DELAY_PEER_PORT_TX_RX_LEADER",
 	"RANDOM_DELAY_PEER_PORT_TX_RX_QUORUM", "RANDOM_DELAY_PEER_PORT_TX_RX_ALL",
-	"SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "FAILPOINTS", "FAILPOINTS_WITH_DISK_IO_LATENCY",
+	"SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "SIGQUIT_AND_REMOVE_LEADER",
+	"SIGQUIT_AND_REMOVE_ONE_FOLLOWER_UNTIL_TRIGGER_SNAPSHOT",
+	"SIGQUIT_AND_REMOVE_LEADER_UNTIL_TRIGGER_SNAPSHOT",
+	"SIGQUIT_AND_REMOVE_QUORUM_AND_RESTORE_LEADER_SNAPSHOT_FROM_SCRATCH",
+	"FAILPOINTS", "EXTERNAL", "FAILPOINTS_WITH_DISK_IO_LATENCY",
 	"NO_FAIL_WITH_STRESS", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS",
 }
 
@@ -87,7 +96,14 @@ func skipReason(skipped []Skip, name string) string {
 }
 
 func TestSelectDefaultSkipsWithReasons(t *testing.T) {
-	cat := Catalogue(DefaultConfig())
+	// Without a program EXTERNAL is skipped, and says what it needs.
+	_, skipped, err := selectCases(Catalogue(DefaultConfig()), nil, nil, env3())
+	if err != nil || len(skipped) != 1 || !strings.Contains(skipReason(skipped, "EXTERNAL"), "needs -external-exec-path") {
+		t.Fatalf("no -external-exec-path: skipped %v, err %v; want EXTERNAL alone, saying it needs one", skipped, err)
+	}
+	cfg := DefaultConfig()
+	cfg.ExternalExecPath = "/bin/true"
+	cat := Catalogue(cfg)
 
 	sel, skipped, err := selectCases(cat, nil, nil, env3())
 	if err != nil || len(skipped) != 0 || len(sel) != len(cat) {
@@ -142,12 +158,13 @@ func TestSelectDefaultSkipsWithReasons(t *testing.T) {
 		}
 	}
 
-	// Two agents: only the ALL and NO_FAIL cases.
+	// Two agents: only the ALL, NO_FAIL and EXTERNAL (the user's
+	// program picks its own targets) cases.
 	env = env3()
 	env.Members, env.Hosts, env.Backends = 2, env.Hosts[:2], env.Backends[:2]
 	sel, _, _ = selectCases(cat, nil, nil, env)
 	for _, c := range sel {
-		if n := c.Name(); !strings.HasSuffix(n, "_ALL") && !strings.HasPrefix(n, "NO_FAIL") {
+		if n := c.Name(); !strings.HasSuffix(n, "_ALL") && !strings.HasPrefix(n, "NO_FAIL") && n != "EXTERNAL" {
 			t.Errorf("2 agents: %s selected", n)
 		}
 	}

@@ -27,12 +27,24 @@ func Catalogue(cfg Config) []Case {
 	add(sigkill, oneFollower{}, leader{}, quorum{}, all{})
 	add(paused{}, oneFollower{}, leader{}, quorum{})
 	add(removed{}, oneFollower{})
+	cs = append(cs, restoreCase{markers: 100})
+	snap(removed{}, oneFollower{})
+	add(removed{}, leader{})
+	snap(removed{}, leader{})
 	add(blackhole{}, oneFollower{})
 	snap(blackhole{}, oneFollower{})
-	add(blackhole{}, leader{}, quorum{}, all{})
-	add(fixedDelay(cfg.ElectionTimeout), oneFollower{}, leader{}, quorum{}, all{})
-	add(randomDelay(cfg.ElectionTimeout), oneFollower{}, leader{}, quorum{}, all{})
+	add(blackhole{}, leader{})
+	snap(blackhole{}, leader{})
+	add(blackhole{}, quorum{}, all{})
+	for _, d := range []delay{fixedDelay(cfg.ElectionTimeout), randomDelay(cfg.ElectionTimeout)} {
+		add(d, oneFollower{})
+		snap(d, oneFollower{})
+		add(d, leader{})
+		snap(d, leader{})
+		add(d, quorum{}, all{})
+	}
 	cs = append(cs, &failpointCase{}, &failpointCase{diskLatency: 200 * time.Millisecond})
+	cs = append(cs, &externalCase{path: cfg.ExternalExecPath})
 	cs = append(cs,
 		noFail{stress: true, budget: stressFailureBudget, qps: cfg.Stresser.QPS},
 		noFail{stress: false})

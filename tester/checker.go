@@ -89,6 +89,8 @@ var (
 		{"stress budget", newStressBudgetCheck},
 		{"linearizability", newLinearizabilityCheck},
 		{"watch", newWatchCheck},
+		{"logs", newLogCheck},
+		{"external", newExternalCheck},
 	}
 )
 

@@ -63,6 +63,14 @@ func (w *watchCheck) Check(ctx context.Context) error {
 	caughtUp := ws.WaitCaughtUp(wctx, rev)
 	cancel()
 	streams := ws.Collect()
+	// The watchers ran on until Collect, and the cluster did not stand
+	// still (leases expire, other checkers wait on them): the truth must
+	// reach as far as any stream saw.
+	for _, s := range streams {
+		for _, r := range s.Responses {
+			rev = max(rev, r.Revision)
+		}
+	}
 	cfg := stresser.DefaultWatchConfig()
 	truth, err := stresser.WatchTruth(ctx, cli, cfg.Prefix, ws.FirstRevision(), rev, cfg.MaxEvents*4)
 	if err != nil {

@@ -89,6 +89,8 @@ type Cluster struct {
 	pin pinned
 	// drawn records the faults the running case drew.
 	drawn []string
+	// logPos is where the logs checker last read each member's log.
+	logPos logPositions
 }
 
 func newCluster(s *settings, agents []client.Agent) (*Cluster, error) {
@@ -343,6 +345,7 @@ func (c *Cluster) Bootstrap(ctx context.Context) error {
 	for i := range c.members {
 		c.forgetProcessFaults(i)
 	}
+	c.markLogs(ctx)
 	c.boots++
 	c.token = fmt.Sprintf("etcd-tester-%d-%d-%d", c.cfg.Seed, c.boots, time.Now().UnixNano())
 	var initial []string

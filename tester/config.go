@@ -85,6 +85,10 @@ type Config struct {
 	// DefragInterval defragments every member every that many rounds;
 	// 0 never does.
 	DefragInterval int
+	// ExternalExecPath is the user's program of the EXTERNAL case, run
+	// as `PROGRAM enable ROUND` and `PROGRAM disable ROUND`; empty
+	// skips the case.
+	ExternalExecPath string
 
 	// Seed makes targets, random delays and the load repeatable.
 	Seed int64
@@ -211,6 +215,9 @@ func (c Config) normalize() (*settings, error) {
 	errs = append(errs, aerrs...)
 	errs = append(errs, c.checkNumbers()...)
 	errs = append(errs, c.checkStresser(hosts)...)
+	if err := checkExternalExecPath(c.ExternalExecPath); err != nil {
+		errs = append(errs, err)
+	}
 	dial := c.DialAgent
 	if dial == nil {
 		acfg, err := c.agentClientConfig()
@@ -229,9 +236,21 @@ func (c Config) normalize() (*settings, error) {
 	}
 	if len(errs) == 0 {
 		// Before any agent answers: named cases that cannot run here,
-		// and bad schedules, are bad input. setup selects for real
-		// once the agents' backends are known.
-		if _, _, err := s.selectCases(nil); err != nil {
+		// and bad schedules, are bad input. Without names the selection
+		// is every case the agents' answers (network backends,
+		// failpoints) allow, which can still narrow it: then only a
+		// negative index is refused here, and setup checks the rest
+		// against the real selection.
+		pre := *s
+		if len(s.Cases) == 0 {
+			pre.ScheduleCases = nil
+			for _, i := range s.ScheduleCases {
+				if i < 0 {
+					errs = append(errs, fmt.Errorf("-schedule-cases: index %d out of range: indices start at 0", i))
+				}
+			}
+		}
+		if _, _, err := pre.selectCases(nil); err != nil {
 			errs = append(errs, err)
 		}
 	}

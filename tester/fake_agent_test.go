@@ -35,6 +35,9 @@ type fakeAgent struct {
 	stopSignal string
 	// onKill, if set, runs as Kill acts (under the agent's lock).
 	onKill func()
+	// fired counts each failpoint's firings; nil: the fake's etcd has
+	// no failpoints.
+	fired map[string]int
 }
 
 func newFakeAgent(ep, backend string) *fakeAgent {
@@ -219,7 +222,15 @@ func (f *fakeAgent) DisarmFailpoint(ctx context.Context, name string) error {
 }
 
 func (f *fakeAgent) FailpointCount(ctx context.Context, name string) (int, error) {
-	return 0, f.do(ctx, "FailpointCount", func() error { return errNoFailpoints })
+	var n int
+	err := f.do(ctx, "FailpointCount", func() error {
+		if f.fired == nil {
+			return errNoFailpoints
+		}
+		n = f.fired[name]
+		return nil
+	})
+	return n, err
 }
 
 func (f *fakeAgent) Status(ctx context.Context) (wire.Status, error) {

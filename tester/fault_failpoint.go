@@ -63,10 +63,10 @@ var loadFailpoints = []string{
 	"beforeStartDBTxn", "afterStartDBTxn", "beforeWritebackBuf", "afterWritebackBuf",
 }
 
-// failpointCase arms a failpoint on its targets, holds until it has fired
-// on each (or the hold ends: then the case fails, naming it, for an armed
-// failpoint that never fired proved nothing), and recovers by disarming
-// it and restarting the members it made panic.
+// failpointCase arms a failpoint on its targets, holds the fault (a case
+// whose failpoint fired on none of them fails, naming it: an armed
+// failpoint that never fired proved nothing), and recovers by disarming it
+// and restarting the members it made panic.
 //
 // FAILPOINTS draws, from the case's seeded source, one of the
 // loadFailpoints the members have and a target (one follower, the
@@ -134,6 +134,14 @@ func (fc *failpointCase) Inject(ctx context.Context, c *Cluster) error {
 	r := c.rand()
 	name := names[r.IntN(len(names))]
 	t := []target{oneFollower{}, leader{}, quorum{}, all{}}[r.IntN(4)]
+	// A failpoint of one role is armed where that role is: on followers
+	// only, a leader's would never fire.
+	switch name {
+	case "raftBeforeLeaderSend":
+		t = leader{}
+	case "raftBeforeFollowerSend":
+		t = oneFollower{}
+	}
 	if fc.targets, err = t.pick(ctx, c); err != nil {
 		return fmt.Errorf("pick %s: %w", strings.ToLower(t.suffix()), err)
 	}
@@ -146,9 +154,12 @@ func (fc *failpointCase) Inject(ctx context.Context, c *Cluster) error {
 	return errors.Join(errs...)
 }
 
-// Hold holds the fault for d, and fails if by then the failpoint has not
-// fired on every target: a panic shows as the member's etcd gone, a sleep
-// as its count.
+// Hold holds the fault for d, and fails if by then the failpoint has fired
+// on none of the targets: a panic shows as the member's etcd gone, a sleep
+// as its count. Some failpoints fire in one role only (raftBeforeLeaderSend
+// on the leader), and the first panic changes the roles of the others, so
+// a target where it stayed silent is logged, not failed, when it fired on
+// another.
 func (fc *failpointCase) Hold(ctx context.Context, c *Cluster, d time.Duration) error {
 	if err := sleep(ctx, d); err != nil {
 		return err
@@ -176,8 +187,11 @@ func (fc *failpointCase) Hold(ctx context.Context, c *Cluster, d time.Duration) 
 			silent = append(silent, c.members[i].Name)
 		}
 	}
-	if len(silent) > 0 {
+	switch {
+	case len(silent) == len(fc.targets):
 		return fmt.Errorf("%s armed on %s never fired within %v: the case proved nothing", fc.fp, strings.Join(silent, ", "), d)
+	case len(silent) > 0:
+		plog.Noticef("%s fired, but not on %s within %v", fc.fp, strings.Join(silent, ", "), d)
 	}
 	return nil
 }

@@ -287,3 +287,24 @@ func TestBlackholeNeedsOnePeerPort(t *testing.T) {
 		t.Errorf("one peer port, a host each, iptables: %v", err)
 	}
 }
+
+// TestFailpointThatNeverFiredFails: a failpoint armed on targets where it
+// never fired proved nothing, and the case fails saying so; one that fired
+// on some of its targets (a failpoint of one role) passes the hold.
+func TestFailpointThatNeverFiredFails(t *testing.T) {
+	ctx := context.Background()
+	c, fakes := fakeCluster(t, 3)
+	startAll(t, fakes)
+	for _, f := range fakes {
+		f.fired = map[string]int{}
+	}
+	fc := &failpointCase{fp: failpoint{"raftBeforeSave", "panic"}, targets: []int{0, 2}}
+	err := fc.Hold(ctx, c, time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "never fired") || !strings.Contains(err.Error(), "etcd-0, etcd-2") {
+		t.Fatalf("hold of a failpoint that fired nowhere: %v; want the case failed, naming the targets", err)
+	}
+	fakes[2].fired["raftBeforeSave"] = 1
+	if err := fc.Hold(ctx, c, time.Millisecond); err != nil {
+		t.Errorf("hold of a failpoint that fired on one of two targets: %v", err)
+	}
+}

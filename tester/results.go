@@ -13,7 +13,8 @@ import (
 // results.json is a summary rewritten after every case whose size does
 // not grow with the run: totals and a recovery distribution per case,
 // every failure in full (up to reportKeepFailures), and the most recent
-// rounds (at least reportKeepCases cases) in full. The per-second load
+// rounds (at least reportKeepCases cases) in full. The HTML page, drawn
+// from results.json after every case, is bounded with it. The per-second load
 // series of a passed case stays in results.json while its round does, for
 // the report page's timelines; cases.jsonl keeps it for failed cases only.
 
@@ -23,7 +24,7 @@ const CasesFile = "cases.jsonl"
 
 // Bounds of results.json.
 const (
-	reportKeepCases    = 300
+	reportKeepCases    = 120
 	reportKeepFailures = 1000
 )
 

@@ -56,7 +56,7 @@ func (a *agentClient) FailpointCount(ctx context.Context, name string) (int, err
 // call of it that may have reached the agent can be sent again.
 func readOnly(method string) bool {
 	switch method {
-	case wire.MethodStatus, wire.MethodFailpoints, wire.MethodFailpointCount:
+	case wire.MethodStatus, wire.MethodFailpoints, wire.MethodFailpointCount, wire.MethodScanLog:
 		return true
 	}
 	return false

@@ -405,20 +405,7 @@ func (t *IPTables) state(cmd []string) (filterState, error) {
 	if err != nil {
 		return filterState{}, fmt.Errorf("netfault: list iptables rules: %w", err)
 	}
-	st := filterState{chains: map[string]bool{}, rules: map[string][]string{}}
-	for line := range strings.Lines(out) {
-		f := strings.Fields(line)
-		switch {
-		case len(f) == 2 && f[0] == "-N":
-			st.chains[f[1]] = true
-		case len(f) >= 2 && f[0] == "-A":
-			if _, ok := st.rules[f[1]]; !ok {
-				st.order = append(st.order, f[1])
-			}
-			st.rules[f[1]] = append(st.rules[f[1]], strings.Join(f[2:], " "))
-		}
-	}
-	return st, nil
+	return parseRules(out), nil
 }
 
 // commandError is a failed iptables invocation with what it said on stderr,

@@ -163,6 +163,7 @@ Flags:
 	fs.StringVar(&cfg.AgentCertFile, "agent-cert-file", "", "client certificate presented to the agents (TLS; with -agent-key-file)")
 	fs.StringVar(&cfg.AgentKeyFile, "agent-key-file", "", "key of -agent-cert-file")
 	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA certificate that verifies the agents (turns TLS on)")
+	fs.StringVar(&cfg.ExternalExecPath, "external-exec-path", "", "program of the EXTERNAL case, run as `PROGRAM enable ROUND` to inject its fault and `PROGRAM disable ROUND` to recover (a non-zero exit fails the case); without it EXTERNAL is skipped")
 	fs.IntVar(&cfg.DefragInterval, "defrag-interval", def.DefragInterval, "defragment every member every this many rounds; 0 never")
 	fs.StringVar(&cfg.Replay, "replay", "", "play the cases of an earlier run's `results.json` again: same rounds, same order, same members hit, same seed (its -seed, -cases, -schedule-cases and -limit win); a case whose member no longer holds its role says so")
 	fs.StringVar(&opts.fromJSON, "report-from", "", "render `results.json` of an earlier run as -report-dir/index.html and exit; runs nothing")

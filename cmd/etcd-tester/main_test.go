@@ -20,7 +20,8 @@ func TestParseFlagsDefaults(t *testing.T) {
 	}
 	if !slices.Equal(cfg.AgentEndpoints, []string{"localhost:9027"}) || cfg.Limit != 1 || !cfg.PeerProxy || !cfg.ConsistencyCheck ||
 		cfg.RecoveryTimeout != 30*time.Second || cfg.Seed == 0 || cfg.MetricsAddr != ":9028" || cfg.ReportDir != "report" ||
-		cfg.Stresser.QPS != 1000 || !slices.Equal(cfg.Stresser.Names, []string{"keys", "lease", "history"}) || opts.logLevel != "INFO" {
+		cfg.Stresser.QPS != 1000 || !slices.Equal(cfg.Stresser.Names, []string{"keys", "lease", "history"}) || opts.logLevel != "INFO" ||
+		!cfg.WatchCheck || !cfg.EtcdCorruptCheck || cfg.AllowUnknown || cfg.Stresser.SkipPastReads || cfg.LinearizabilityTimeout != time.Minute {
 		t.Errorf("defaults: %+v %+v", cfg, opts)
 	}
 }

@@ -1,0 +1,103 @@
+package stresser
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"golang.org/x/time/rate"
+)
+
+// electionRunner has workers campaign in one concurrency.Election: once
+// elected, the leader the election shows must be the elected worker, and
+// no two workers may be elected at once. A violation is either seen while
+// the worker's session still lives.
+type electionRunner struct {
+	timeout time.Duration
+	lim     *rate.Limiter
+	v       violations
+	leaders atomic.Int32
+	elected atomic.Int64
+	// skipCampaign makes workers act as leader without campaigning:
+	// the broken runner of the tests.
+	skipCampaign bool
+}
+
+func newElectionRunner(cfg Config) *electionRunner {
+	return &electionRunner{timeout: cfg.RequestTimeout, lim: newRunnerLimiter()}
+}
+
+const electionPrefix = "/runner/election"
+
+func (e *electionRunner) name() string                        { return NameElectionRunner }
+func (e *electionRunner) modifiedKeys() int64                 { return 0 }
+func (e *electionRunner) check(context.Context, *conns) error { return e.v.take() }
+
+func (e *electionRunner) run(ctx context.Context, c *conns, interval uint64) {
+	var wg sync.WaitGroup
+	for w := range runnerWorkers {
+		wg.Go(func() { e.worker(ctx, c.all, fmt.Sprintf("w%d-%d", w, interval)) })
+	}
+	wg.Wait()
+}
+
+func (e *electionRunner) worker(ctx context.Context, cli *clientv3.Client, me string) {
+	for ctx.Err() == nil {
+		// Not ctx itself: Close must still revoke the session's lease
+		// after the interval ends, or its keys block the next
+		// interval's workers for a whole TTL.
+		s, err := concurrency.NewSession(cli, concurrency.WithTTL(runnerSessionTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
+		if err != nil {
+			if e.lim.Wait(ctx) != nil {
+				return
+			}
+			continue
+		}
+		e.campaign(ctx, s, me)
+		s.Close()
+	}
+}
+
+func (e *electionRunner) campaign(ctx context.Context, s *concurrency.Session, me string) {
+	el := concurrency.NewElection(s, electionPrefix)
+	for ctx.Err() == nil && !sessionEnded(s) {
+		if e.lim.Wait(ctx) != nil {
+			return
+		}
+		if !e.skipCampaign {
+			cctx, cancel := reqCtx(ctx, e.timeout)
+			err := el.Campaign(cctx, me)
+			cancel()
+			if err != nil {
+				continue
+			}
+		}
+		e.elected.Add(1)
+		if n := e.leaders.Add(1); n > 1 && !sessionEnded(s) {
+			e.v.add("%s elected in %s while %d other(s) were", me, electionPrefix, n-1)
+		}
+		lctx, cancel := reqCtx(ctx, e.timeout)
+		resp, err := el.Leader(lctx)
+		cancel()
+		switch {
+		case ended(ctx, err) || sessionEnded(s):
+		case errors.Is(err, concurrency.ErrElectionNoLeader):
+			e.v.add("%s elected, but the election shows no leader", me)
+		case err != nil:
+			// The fault's doing: nothing observed.
+		case string(resp.Kvs[0].Value) != me:
+			e.v.add("%s elected, but the election shows %q as leader", me, resp.Kvs[0].Value)
+		}
+		e.leaders.Add(-1)
+		if !e.skipCampaign {
+			rctx, cancel := reqCtx(context.WithoutCancel(ctx), e.timeout)
+			el.Resign(rctx) // a failed resign ends with the session
+			cancel()
+		}
+	}
+}
