@@ -79,7 +79,7 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 	r.res.Passed = err == nil && ctx.Err() == nil
 	r.logVerdict()
 	if !r.res.Passed && ctx.Err() == nil {
-		err = errors.Join(err, r.salvage(ctx))
+		err = errors.Join(err, r.etcdSays(ctx), r.salvage(ctx))
 	}
 	if err != nil {
 		r.res.Error = err.Error()
@@ -350,4 +350,17 @@ func targetList(ts []string) string {
 		return "none"
 	}
 	return strings.Join(ts, ",")
+}
+
+// etcdSays is what the members' own logs say of a failed case: a case that
+// failed before its checks (a member that never came back, say) would
+// otherwise name only the symptom, while etcd may have said why ("found
+// data inconsistency with peers" from its initial corruption check).
+// Lines the check phase already read are not read again.
+func (r *caseRun) etcdSays(ctx context.Context) error {
+	err := logCheck{&CheckContext{Cluster: r.t.cluster}}.Check(ctx)
+	if err == nil || errors.Is(err, ErrCheckUnknown) {
+		return nil
+	}
+	return fmt.Errorf("etcd's logs: %w", err)
 }
