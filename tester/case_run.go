@@ -52,6 +52,11 @@ type caseRun struct {
 	res      CaseResult
 	stressed bool               // the load ran during the case
 	watchers *stresser.Watchers // the case's recorded watches; nil if none
+	// writes follows the probe writes from injection to the first write
+	// after recovery; stopWrites ends them (nil before injection).
+	writes     *writeFigures
+	stopWrites func()
+	injected   time.Time // when injection ended
 }
 
 // runCase plays one case. It always recovers what it injected; a failed
@@ -74,7 +79,7 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 	r.res.Passed = err == nil && ctx.Err() == nil
 	r.logVerdict()
 	if !r.res.Passed && ctx.Err() == nil {
-		err = errors.Join(err, r.salvage(ctx))
+		err = errors.Join(err, r.etcdSays(ctx), r.salvage(ctx))
 	}
 	if err != nil {
 		r.res.Error = err.Error()
@@ -86,6 +91,7 @@ func (t *tester) runCase(ctx context.Context, round, index int, cs Case) CaseRes
 // failed before it, unless ctx has ended (finish heals then).
 func (r *caseRun) play(ctx context.Context) error {
 	defer r.pauseStress()
+	defer r.endWrites()
 	if err := r.log(r.prepare(ctx)); err != nil {
 		return err
 	}
@@ -144,9 +150,20 @@ func (r *caseRun) prepare(ctx context.Context) error {
 func (r *caseRun) inject(ctx context.Context) error {
 	c := r.t.cluster
 	r.lg.Infof("inject: %s", r.cs.Describe())
+	r.writes, r.stopWrites = c.startWriteFigures(ctx)
 	r.res.InjectTime = time.Now()
 	err := r.cs.Inject(ctx, c)
+	r.injected = time.Now()
 	r.res.Targets = append(r.res.Targets, c.Targets()...)
+	r.res.Faults = c.takeDrawn()
+	r.res.LoadSeed = r.t.loadSeed()
+	if r.t.s.replay != nil {
+		notes, untaken := c.replayNotes()
+		if untaken {
+			notes = append(notes, "this case picks its own targets: they were drawn from the seed, not taken from the record")
+		}
+		r.res.ReplayNotes = notes
+	}
 	if err != nil {
 		return phaseErr(PhaseInject, err)
 	}
@@ -159,9 +176,29 @@ func (r *caseRun) hold(ctx context.Context) error {
 }
 
 func (r *caseRun) recover(ctx context.Context) error {
+	if !r.injected.IsZero() {
+		r.res.HoldSeconds = time.Since(r.injected).Seconds()
+	}
 	err := r.cs.Recover(ctx, r.t.cluster)
 	r.res.RecoverTime = time.Now()
+	if r.writes != nil {
+		r.writes.setMark(r.res.RecoverTime)
+	}
 	return phaseErr(PhaseRecover, err)
+}
+
+// endWrites stops the probe writes, once, and keeps the unavailability
+// they measured.
+func (r *caseRun) endWrites() {
+	if r.stopWrites == nil {
+		return
+	}
+	r.stopWrites()
+	r.stopWrites = nil
+	if d, ok := r.writes.unavailability(r.res.InjectTime); ok {
+		s := d.Seconds()
+		r.res.UnavailabilitySeconds = &s
+	}
 }
 
 // pauseStress pauses the load, once, and keeps its figures.
@@ -173,7 +210,9 @@ func (r *caseRun) pauseStress() {
 }
 
 // waitHealthy waits for every member to be healthy under one leader, and
-// measures the time to the first successful put alongside.
+// for the first write after recovery, both measured at the figures'
+// resolution (see figures.go); then it ends the probe writes, which
+// measured the unavailability since injection.
 func (r *caseRun) waitHealthy(ctx context.Context) error {
 	c, timeout := r.t.cluster, r.t.s.RecoveryTimeout
 	wctx, cancel := context.WithTimeout(ctx, timeout)
@@ -181,23 +220,28 @@ func (r *caseRun) waitHealthy(ctx context.Context) error {
 	var wg sync.WaitGroup
 	var written time.Time
 	var writeErr error
-	wg.Go(func() { written, writeErr = c.firstWrite(wctx) })
-	err := c.WaitHealthy(ctx, timeout)
+	wg.Go(func() { written, writeErr = r.writes.waitFirstWrite(wctx) })
+	healthy, err := c.waitHealthyFine(ctx, timeout)
 	if err == nil {
-		r.res.HealthyTime = time.Now()
-		r.res.RecoverySeconds = r.res.HealthyTime.Sub(r.res.RecoverTime).Seconds()
+		r.res.HealthyTime = healthy
+		r.res.RecoverySeconds = max(healthy.Sub(r.res.RecoverTime), 0).Seconds()
 	} else {
-		cancel() // no point writing to a cluster declared broken
+		cancel() // no point waiting for a write to a cluster declared broken
 	}
 	wg.Wait()
+	r.endWrites()
 	if err != nil {
 		return phaseErr(PhaseWaitHealthy, fmt.Errorf("after recovery (timeout %v): %w", timeout, err))
 	}
 	if writeErr != nil {
 		return phaseErr(PhaseWaitHealthy, fmt.Errorf("healthy, but no put succeeded within %v: %w", timeout, writeErr))
 	}
-	r.res.FirstWriteSeconds = written.Sub(r.res.RecoverTime).Seconds()
-	r.lg.Infof("healthy after %.2fs, first write after %.2fs", r.res.RecoverySeconds, r.res.FirstWriteSeconds)
+	r.res.FirstWriteSeconds = max(written.Sub(r.res.RecoverTime), 0).Seconds()
+	unavail := "-"
+	if u := r.res.UnavailabilitySeconds; u != nil {
+		unavail = fmt.Sprintf("%.3fs", *u)
+	}
+	r.lg.Infof("unavailable %s after injection; healthy %.3fs and first write %.3fs after recovery", unavail, r.res.RecoverySeconds, r.res.FirstWriteSeconds)
 	return nil
 }
 
@@ -306,4 +350,17 @@ func targetList(ts []string) string {
 		return "none"
 	}
 	return strings.Join(ts, ",")
+}
+
+// etcdSays is what the members' own logs say of a failed case: a case that
+// failed before its checks (a member that never came back, say) would
+// otherwise name only the symptom, while etcd may have said why ("found
+// data inconsistency with peers" from its initial corruption check).
+// Lines the check phase already read are not read again.
+func (r *caseRun) etcdSays(ctx context.Context) error {
+	err := logCheck{&CheckContext{Cluster: r.t.cluster}}.Check(ctx)
+	if err == nil || errors.Is(err, ErrCheckUnknown) {
+		return nil
+	}
+	return fmt.Errorf("etcd's logs: %w", err)
 }

@@ -121,3 +121,19 @@ type failingScanner struct{ *logAgent }
 func (failingScanner) ScanLog(context.Context, wire.ScanLog) (wire.LogScan, error) {
 	return wire.LogScan{}, errors.New("connection reset")
 }
+
+// A case that failed before its checks (here: a member never came back)
+// still says what etcd logged: etcdSays quotes the corruption report.
+func TestFailedCaseQuotesEtcd(t *testing.T) {
+	c, las := logCluster(t)
+	c.markLogs(context.Background())
+	r := &caseRun{t: &tester{cluster: c}}
+	if err := r.etcdSays(context.Background()); err != nil {
+		t.Fatalf("clean logs: %v", err)
+	}
+	las[1].log(`{"level":"error","msg":"checkInitialHashKV failed","error":"e644 found data inconsistency with peers"}`)
+	err := r.etcdSays(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "etcd's logs: etcd-1's etcd logged 1 line(s)") || !strings.Contains(err.Error(), "found data inconsistency") {
+		t.Fatalf("a failed case's logs with a corruption report: %v", err)
+	}
+}

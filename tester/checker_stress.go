@@ -27,22 +27,31 @@ func newStressBudgetCheck(cc *CheckContext) Checker {
 }
 
 // stressBudget fails a quiet round whose load saw too many failures, or any
-// failure no fault explains.
+// failure no fault explains. The budget is a fraction of the requests the
+// load actually sent (a load that sent little cannot hide failures behind
+// the rate it was asked for), and at least some requests must succeed: a
+// load that got nothing through did not find the cluster healthy.
 type stressBudget struct {
 	stats    stresser.Stats
-	qps      int
+	qps      int // the rate asked for, for the message
 	fraction float64
 }
 
 func (b stressBudget) Check(context.Context) error {
 	var errs []error
-	if b.stats.Unexpected > 0 {
-		errs = append(errs, fmt.Errorf("%d unexpected stress errors with no fault injected (errors by class: %v)", b.stats.Unexpected, b.stats.Errors))
+	st := b.stats
+	if st.Unexpected > 0 {
+		errs = append(errs, fmt.Errorf("%d unexpected stress errors with no fault injected (errors by class: %v)", st.Unexpected, st.Errors))
 	}
-	allowed := b.fraction * float64(b.qps) * b.stats.Duration.Seconds()
-	if float64(b.stats.Failure) > allowed {
-		errs = append(errs, fmt.Errorf("%d stress failures with no fault injected; allowed %.0f (%.0f%% of %d req/s × %.1fs); errors by class: %v",
-			b.stats.Failure, allowed, b.fraction*100, b.qps, b.stats.Duration.Seconds(), b.stats.Errors))
+	sent := st.Success + st.Failure
+	switch {
+	case sent == 0:
+		errs = append(errs, fmt.Errorf("no stress request finished in %.1fs (asked %d req/s): nothing shows the cluster served the load", st.Duration.Seconds(), b.qps))
+	case st.Success == 0:
+		errs = append(errs, fmt.Errorf("none of %d stress requests succeeded with no fault injected; errors by class: %v", sent, st.Errors))
+	case float64(st.Failure) > b.fraction*float64(sent):
+		errs = append(errs, fmt.Errorf("%d of %d stress requests failed with no fault injected (%.1f%%); allowed %.0f%% of those sent, so at least %.0f%% must succeed; errors by class: %v",
+			st.Failure, sent, 100*float64(st.Failure)/float64(sent), b.fraction*100, (1-b.fraction)*100, st.Errors))
 	}
 	return errors.Join(errs...)
 }

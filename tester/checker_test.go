@@ -146,13 +146,28 @@ func TestHashCheckerHonoursContext(t *testing.T) {
 func TestStressBudget(t *testing.T) {
 	st := stresser.Stats{Duration: 10 * time.Second, Success: 9000, Failure: 2999}
 	if err := (stressBudget{st, 1000, 0.3}).Check(context.Background()); err != nil {
-		t.Errorf("2999 failures of a 3000 budget: %v", err)
+		t.Errorf("2999 failures of 11999 sent: %v", err)
 	}
-	st.Failure = 3001
-	if err := (stressBudget{st, 1000, 0.3}).Check(context.Background()); err == nil || !strings.Contains(err.Error(), "3001 stress failures") {
-		t.Errorf("3001 failures: %v", err)
+	st.Failure = 3900
+	if err := (stressBudget{st, 1000, 0.3}).Check(context.Background()); err == nil || !strings.Contains(err.Error(), "3900 of 12900 stress requests failed") {
+		t.Errorf("3900 failures of 12900 sent: %v", err)
 	}
-	st.Failure, st.Unexpected = 1, 1
+	// The budget is of the requests sent, not of those the rate asked
+	// for: a load that got little through (300 of the 10000 asked, two
+	// thirds failed) does not pass.
+	st.Success, st.Failure = 100, 200
+	if err := (stressBudget{st, 1000, 0.3}).Check(context.Background()); err == nil || !strings.Contains(err.Error(), "200 of 300") {
+		t.Errorf("200 failures of 300 sent: %v", err)
+	}
+	st.Success, st.Failure = 0, 0
+	if err := (stressBudget{st, 1000, 0.3}).Check(context.Background()); err == nil || !strings.Contains(err.Error(), "no stress request finished") {
+		t.Errorf("nothing sent: %v", err)
+	}
+	st.Success, st.Failure = 0, 2
+	if err := (stressBudget{st, 1000, 0.9}).Check(context.Background()); err == nil || !strings.Contains(err.Error(), "none of 2") {
+		t.Errorf("no success, under a 90%% budget: %v", err)
+	}
+	st.Success, st.Failure, st.Unexpected = 9000, 1, 1
 	if err := (stressBudget{st, 1000, 0.3}).Check(context.Background()); err == nil || !strings.Contains(err.Error(), "1 unexpected") {
 		t.Errorf("one unexpected error: %v", err)
 	}

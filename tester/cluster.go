@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -61,6 +62,9 @@ type Member struct {
 
 	agent client.Agent
 	cli   *clientv3.Client // pinned to ClientURL alone
+	// id is the member's raft ID as its last status said, to name the
+	// leaders other members report.
+	id atomic.Uint64
 }
 
 // Cluster is the etcd cluster under test: its agents, its members' specs
@@ -81,6 +85,10 @@ type Cluster struct {
 	// fail at once with that error, so that an agent gone for good costs
 	// the run one retry window, not one per step.
 	gone map[int]error
+	// pin holds the members a replayed case must hit.
+	pin pinned
+	// drawn records the faults the running case drew.
+	drawn []string
 	// logPos is where the logs checker last read each member's log.
 	logPos logPositions
 }

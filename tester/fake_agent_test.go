@@ -33,6 +33,8 @@ type fakeAgent struct {
 	lost map[string]bool
 	// stopSignal is the signal Stop's ladder needs; "" is SIGTERM.
 	stopSignal string
+	// onKill, if set, runs as Kill acts (under the agent's lock).
+	onKill func()
 	// fired counts each failpoint's firings; nil: the fake's etcd has
 	// no failpoints.
 	fired map[string]int
@@ -124,7 +126,15 @@ func (f *fakeAgent) Stop(ctx context.Context) error {
 		return nil
 	})
 }
-func (f *fakeAgent) Kill(ctx context.Context) error { return f.stop(ctx, "Kill", wire.StateStopped) }
+func (f *fakeAgent) Kill(ctx context.Context) error {
+	return f.do(ctx, "Kill", func() error {
+		if f.onKill != nil {
+			f.onKill()
+		}
+		f.st.State, f.st.Pid = wire.StateStopped, 0
+		return nil
+	})
+}
 func (f *fakeAgent) Cleanup(ctx context.Context) error {
 	return f.stop(ctx, "Cleanup", wire.StateStopped)
 }

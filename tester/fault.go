@@ -78,11 +78,21 @@ func (fc faultCase) Requires(env Env) error {
 // Inject hits all targets at once, as a real correlated failure would,
 // and returns every member's error.
 func (fc faultCase) Inject(ctx context.Context, c *Cluster) error {
+	// The fault is drawn before the targets are picked, so that a
+	// replay, which takes its targets from the record and draws none,
+	// draws the same fault from the same seed.
+	f := fc.f.draw(c.rand())
+	c.recordDrawn(f)
+	if members, ok := c.takePin(); ok {
+		return c.injectPinned(ctx, fc.t, members, f)
+	}
+	if _, ok := fc.t.(leader); ok {
+		return c.injectLeader(ctx, f)
+	}
 	members, err := fc.t.pick(ctx, c)
 	if err != nil {
 		return fmt.Errorf("pick %s: %w", strings.ToLower(fc.t.suffix()), err)
 	}
-	f := fc.f.draw(c.rand())
 	errs := make([]error, len(members))
 	var wg sync.WaitGroup
 	for k, i := range members {

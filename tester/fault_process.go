@@ -28,7 +28,10 @@ func (s stopped) describe() string {
 	}
 	return "stop etcd gracefully (SIGTERM), then restart it,"
 }
-func (stopped) requires(Env) error      { return nil }
+func (stopped) requires(Env) error { return nil }
+
+// movesLeadership: etcd stopped by SIGTERM hands its leadership over.
+func (s stopped) movesLeadership() bool { return s.sig == "SIGTERM" }
 func (s stopped) draw(*rand.Rand) Fault { return s }
 func (stopped) String() string          { return "stopped" }
 func (stopped) Scope() Scope            { return ScopeProcess }

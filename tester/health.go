@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -45,6 +44,7 @@ func memberStatus(ctx context.Context, m *Member) (*pb.StatusResponse, error) {
 	if err != nil {
 		return nil, rpctypes.Error(err)
 	}
+	m.id.Store(st.Header.GetMemberId())
 	return st, nil
 }
 
@@ -81,21 +81,37 @@ func memberHealth(ctx context.Context, m *Member) (*pb.StatusResponse, error) {
 // unhealthy member, none if all are healthy and agree on one leader that
 // is one of them.
 func (c *Cluster) healthOnce(ctx context.Context) map[string]string {
+	return c.healthPoll(ctx).reasons
+}
+
+// healthPoll is one look at every member: the leader they agree on and
+// its term when all are healthy, else why each is not.
+type healthPoll struct {
+	leader, term uint64
+	reasons      map[string]string
+}
+
+func (c *Cluster) healthPoll(ctx context.Context) healthPoll {
 	sts := make([]*pb.StatusResponse, len(c.members))
-	reasons := map[string]string{}
-	var mu sync.Mutex
+	errs := make([]error, len(c.members))
 	c.eachMember(func(i int) error {
-		st, err := memberHealth(ctx, c.members[i])
-		mu.Lock()
-		defer mu.Unlock()
-		sts[i] = st
+		sts[i], errs[i] = memberHealth(ctx, c.members[i])
+		return nil
+	})
+	return c.judgeHealth(sts, errs)
+}
+
+// judgeHealth judges one look at every member: each member's health
+// probe's status and error.
+func (c *Cluster) judgeHealth(sts []*pb.StatusResponse, errs []error) healthPoll {
+	reasons := map[string]string{}
+	for i, err := range errs {
 		if err != nil {
 			reasons[c.members[i].Name] = err.Error()
 		}
-		return nil
-	})
+	}
 	if len(reasons) > 0 {
-		return reasons
+		return healthPoll{reasons: reasons}
 	}
 	ids := map[uint64]string{}
 	for i, st := range sts {
@@ -103,11 +119,13 @@ func (c *Cluster) healthOnce(ctx context.Context) map[string]string {
 	}
 	lead := sts[0].Leader
 	agreed := true
+	var term uint64
 	for _, st := range sts {
 		agreed = agreed && st.Leader == lead
+		term = max(term, st.RaftTerm)
 	}
 	if _, known := ids[lead]; agreed && known {
-		return nil
+		return healthPoll{leader: lead, term: term}
 	}
 	for i, st := range sts {
 		who := ids[st.Leader]
@@ -116,7 +134,7 @@ func (c *Cluster) healthOnce(ctx context.Context) map[string]string {
 		}
 		reasons[c.members[i].Name] = fmt.Sprintf("sees leader %x (%s); members disagree", st.Leader, who)
 	}
-	return reasons
+	return healthPoll{reasons: reasons}
 }
 
 // WaitHealthy polls until every member is healthy and they agree on one
@@ -184,6 +202,36 @@ func (c *Cluster) Leader(ctx context.Context) (int, error) {
 }
 
 func (c *Cluster) leaderOnce(ctx context.Context) (int, error) {
+	lv, err := c.leaderViewOnce(ctx)
+	return lv.index, err
+}
+
+// leaderView is the leader a majority of members named, and the highest
+// term those members reported for it.
+type leaderView struct {
+	index int
+	id    uint64
+	term  uint64
+}
+
+// leaderViewAt looks the leader up as Leader does, with its term.
+func (c *Cluster) leaderViewAt(ctx context.Context) (leaderView, error) {
+	deadline := time.Now().Add(max(5*c.cfg.ElectionTimeout, 5*time.Second))
+	for {
+		lv, err := c.leaderViewOnce(ctx)
+		if err == nil {
+			return lv, nil
+		}
+		if time.Now().After(deadline) {
+			return lv, err
+		}
+		if serr := sleep(ctx, healthPollInterval); serr != nil {
+			return lv, fmt.Errorf("%w (%v)", serr, err)
+		}
+	}
+}
+
+func (c *Cluster) leaderViewOnce(ctx context.Context) (leaderView, error) {
 	sts := make([]*pb.StatusResponse, len(c.members))
 	errs := make([]error, len(c.members))
 	c.eachMember(func(i int) error {
@@ -191,16 +239,18 @@ func (c *Cluster) leaderOnce(ctx context.Context) (int, error) {
 		return nil
 	})
 	votes := map[uint64]int{}
+	terms := map[uint64]uint64{}
 	index := map[uint64]int{}
 	for i, st := range sts {
 		if st != nil {
 			votes[st.Leader]++
+			terms[st.Leader] = max(terms[st.Leader], st.RaftTerm)
 			index[st.Header.MemberId] = i
 		}
 	}
 	for id, n := range votes {
 		if i, ok := index[id]; ok && id != 0 && n > len(c.members)/2 {
-			return i, nil
+			return leaderView{index: i, id: id, term: terms[id]}, nil
 		}
 	}
 	var said []string
@@ -211,47 +261,7 @@ func (c *Cluster) leaderOnce(ctx context.Context) (int, error) {
 			said = append(said, fmt.Sprintf("%s: leader %x", c.members[i].Name, st.Leader))
 		}
 	}
-	return -1, fmt.Errorf("no leader agreed by a majority: %s", strings.Join(said, "; "))
-}
-
-// firstWrite puts a key through every member at once, again and again,
-// and returns when the first put succeeds: how soon the cluster took a
-// write again.
-func (c *Cluster) firstWrite(ctx context.Context) (time.Time, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		mu    sync.Mutex
-		first time.Time
-		last  = map[string]error{}
-	)
-	var wg sync.WaitGroup
-	for _, m := range c.members {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				pctx, pcancel := context.WithTimeout(ctx, memberCallTimeout)
-				_, err := m.cli.Put(pctx, "/etcd-tester/first-write", m.Name)
-				pcancel()
-				mu.Lock()
-				if err == nil {
-					if first.IsZero() {
-						first = time.Now()
-					}
-					mu.Unlock()
-					cancel()
-					return
-				}
-				last[m.Name] = err
-				mu.Unlock()
-				sleep(ctx, 20*time.Millisecond)
-			}
-		})
-	}
-	wg.Wait()
-	if first.IsZero() {
-		return first, fmt.Errorf("no put succeeded: %v (last errors: %v)", ctx.Err(), last)
-	}
-	return first, nil
+	return leaderView{index: -1}, fmt.Errorf("no leader agreed by a majority: %s", strings.Join(said, "; "))
 }
 
 // waitRevisionAdvance polls the members without a fault until their

@@ -32,7 +32,12 @@ type Report struct {
 	Agents                 []string  `json:"agents"`
 	// EtcdVersions maps each member to its etcd binary's release.
 	EtcdVersions map[string]string `json:"etcd_versions,omitempty"`
-	Schedule     []string          `json:"schedule"` // the cases of one round, in order
+	// TesterVersion is the build of the tester that wrote the report,
+	// and Config what it was asked to check and how: a PASS means what
+	// these say was checked, nothing more.
+	TesterVersion string     `json:"tester_version,omitempty"`
+	Config        *RunConfig `json:"config,omitempty"`
+	Schedule      []string   `json:"schedule"` // the cases of one round, in order
 	// Rounds are the most recent rounds, in full; the RoundsDropped
 	// before them are in cases.jsonl (see results.go).
 	Rounds        []RoundResult `json:"rounds"`
@@ -50,9 +55,13 @@ type Report struct {
 
 // RoundResult is one round of the schedule.
 type RoundResult struct {
-	Round  int          `json:"round"`
-	Passed bool         `json:"passed"`
-	Cases  []CaseResult `json:"cases"`
+	Round int `json:"round"`
+	// Passed is set when the round has ended, every case and its own
+	// steps passed: a round still running (InProgress), or cut short by
+	// an interrupt or a failure that ended the run, has not passed.
+	Passed     bool         `json:"passed"`
+	InProgress bool         `json:"in_progress,omitempty"`
+	Cases      []CaseResult `json:"cases"`
 	// CompactRevision is where the cluster was compacted after the round.
 	CompactRevision int64 `json:"compact_revision,omitempty"`
 	Defragmented    bool  `json:"defragmented,omitempty"`
@@ -77,6 +86,20 @@ type CaseResult struct {
 	// from RecoverTime to the first put that succeeded.
 	RecoverySeconds   float64 `json:"recovery_seconds"`
 	FirstWriteSeconds float64 `json:"first_write_seconds"`
+	// UnavailabilitySeconds is from InjectTime to the first client write
+	// that succeeded after the last one that failed (0 if none failed);
+	// absent if it was not measured (no write succeeded after the last
+	// failure). Each figure is exact to about 50 ms (see figures.go).
+	UnavailabilitySeconds *float64 `json:"unavailability_seconds,omitempty"`
+	// The schedule as it ran, for -replay: the faults as drawn (with
+	// their drawn parameters), how long the fault was held (from the end
+	// of injection to the start of recovery), and the load's seed.
+	Faults      []string `json:"faults,omitempty"`
+	HoldSeconds float64  `json:"hold_seconds,omitempty"`
+	LoadSeed    int64    `json:"load_seed,omitempty"`
+	// ReplayNotes say what a replay of this case found different from
+	// the record (a member that no longer holds the case's role).
+	ReplayNotes []string `json:"replay_notes,omitempty"`
 	// CompactRevision is where the cluster stood compacted after the
 	// case (each passed case compacts); 0 if it never was.
 	CompactRevision int64 `json:"compact_revision,omitempty"`
@@ -157,7 +180,7 @@ func writeAtomic(path string, data []byte) error {
 // the verdict.
 func (r *Report) summary(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ROUND\tCASE\tRESULT\tRECOVERY\tFIRST WRITE\tSTRESS QPS\tSTRESS ERRORS\tTARGETS")
+	fmt.Fprintln(tw, "ROUND\tCASE\tRESULT\tUNAVAILABLE\tRECOVERY\tFIRST WRITE\tSTRESS QPS\tSTRESS ERRORS\tTARGETS")
 	for _, rd := range r.Rounds {
 		for _, c := range rd.Cases {
 			result := "PASS"
@@ -169,12 +192,16 @@ func (r *Report) summary(w io.Writer) {
 				qps = fmt.Sprintf("%.0f", c.Stress.QPS)
 				errs = fmt.Sprintf("%d", c.Stress.Failure)
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rd.Round, c.Case, result,
+			unavail := "-"
+			if c.UnavailabilitySeconds != nil {
+				unavail = seconds(*c.UnavailabilitySeconds, true)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", rd.Round, c.Case, result, unavail,
 				seconds(c.RecoverySeconds, !c.HealthyTime.IsZero()), seconds(c.FirstWriteSeconds, c.FirstWriteSeconds > 0),
 				qps, errs, strings.Join(c.Targets, ","))
 		}
 		if rd.Error != "" {
-			fmt.Fprintf(tw, "%d\t(after the round)\tFAIL\t\t\t\t\t\n", rd.Round)
+			fmt.Fprintf(tw, "%d\t(after the round)\tFAIL\t\t\t\t\t\t\n", rd.Round)
 		}
 	}
 	tw.Flush()
@@ -194,6 +221,12 @@ func (r *Report) summary(w io.Writer) {
 		}
 		fmt.Fprintf(w, "etcd: %s\n", strings.Join(parts, ", "))
 	}
+	if r.TesterVersion != "" {
+		fmt.Fprintf(w, "tester: %s\n", r.TesterVersion)
+	}
+	if c := r.Config; c != nil {
+		fmt.Fprintf(w, "checked: %s\n", c.summary())
+	}
 	for _, s := range r.Skipped {
 		fmt.Fprintf(w, "skipped %s: %s\n", s.Case, s.Reason)
 	}
@@ -210,6 +243,13 @@ func (r *Report) summary(w io.Writer) {
 	}
 	for _, f := range failures {
 		fmt.Fprintln(w, "failed", f)
+	}
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			for _, n := range c.ReplayNotes {
+				fmt.Fprintf(w, "replay round %d case %d %s: %s\n", rd.Round, c.Index, c.Case, n)
+			}
+		}
 	}
 	switch {
 	case r.Interrupted:

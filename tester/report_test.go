@@ -21,7 +21,7 @@ func sampleReport() Report {
 		Rounds: []RoundResult{{Round: 1, Cases: []CaseResult{
 			{Case: "SIGKILL_LEADER", Index: 1, Passed: true, Targets: []string{"etcd-1"},
 				InjectTime: t0, RecoverTime: t0.Add(3 * time.Second), HealthyTime: t0.Add(4230 * time.Millisecond),
-				RecoverySeconds: 1.23, FirstWriteSeconds: 1.1,
+				RecoverySeconds: 1.23, FirstWriteSeconds: 1.1, UnavailabilitySeconds: ptr(2.5),
 				Stress: &stresser.Stats{QPS: 998, Success: 4000, Failure: 12}},
 			{Case: "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS", Index: 2, Passed: false, Error: "cluster not healthy", Targets: []string{},
 				Archives: map[string]string{"etcd-0": "/a/round1_case2_NO_FAIL"}},
@@ -57,6 +57,7 @@ func TestReportJSONShape(t *testing.T) {
 				HealthyTime       string            `json:"healthy_time"`
 				RecoverySeconds   float64           `json:"recovery_seconds"`
 				FirstWriteSeconds float64           `json:"first_write_seconds"`
+				Unavailability    *float64          `json:"unavailability_seconds"`
 				Stress            map[string]any    `json:"stress"`
 				Archives          map[string]string `json:"archives"`
 			} `json:"cases"`
@@ -70,7 +71,7 @@ func TestReportJSONShape(t *testing.T) {
 		t.Fatalf("top level: %s", b)
 	}
 	c := got.Rounds[0].Cases[0]
-	if got.Rounds[0].Round != 1 || c.Case != "SIGKILL_LEADER" || !c.Passed || c.Targets[0] != "etcd-1" || c.RecoverySeconds != 1.23 || c.FirstWriteSeconds != 1.1 {
+	if got.Rounds[0].Round != 1 || c.Case != "SIGKILL_LEADER" || !c.Passed || c.Targets[0] != "etcd-1" || c.RecoverySeconds != 1.23 || c.FirstWriteSeconds != 1.1 || c.Unavailability == nil || *c.Unavailability != 2.5 {
 		t.Errorf("case: %+v", c)
 	}
 	for _, ts := range []string{c.InjectTime, c.RecoverTime, c.HealthyTime} {
@@ -82,7 +83,7 @@ func TestReportJSONShape(t *testing.T) {
 		t.Errorf("stress: %v", c.Stress)
 	}
 	f := got.Rounds[0].Cases[1]
-	if f.Passed || f.Error == "" || f.Archives["etcd-0"] != "/a/round1_case2_NO_FAIL" || f.Stress != nil || f.InjectTime != "" {
+	if f.Passed || f.Error == "" || f.Archives["etcd-0"] != "/a/round1_case2_NO_FAIL" || f.Stress != nil || f.InjectTime != "" || f.Unavailability != nil {
 		t.Errorf("failed case: %+v", f)
 	}
 	if got.Skipped[0]["case"] != "BLACKHOLE_PEER_PORT_TX_RX_ALL" || got.Skipped[0]["reason"] == "" {
@@ -105,15 +106,15 @@ func TestSummaryTable(t *testing.T) {
 	r.summary(&b)
 	out := b.String()
 	lines := strings.Split(out, "\n")
-	for _, w := range []string{"ROUND", "CASE", "RESULT", "RECOVERY", "STRESS QPS", "STRESS ERRORS"} {
+	for _, w := range []string{"ROUND", "CASE", "RESULT", "UNAVAILABLE", "RECOVERY", "STRESS QPS", "STRESS ERRORS"} {
 		if !strings.Contains(lines[0], w) {
 			t.Errorf("header %q lacks %s", lines[0], w)
 		}
 	}
-	if f := strings.Fields(lines[1]); len(f) < 8 || f[1] != "SIGKILL_LEADER" || f[2] != "PASS" || f[3] != "1.23s" || f[5] != "998" || f[6] != "12" || f[7] != "etcd-1" {
+	if f := strings.Fields(lines[1]); len(f) < 9 || f[1] != "SIGKILL_LEADER" || f[2] != "PASS" || f[3] != "2.50s" || f[4] != "1.23s" || f[6] != "998" || f[7] != "12" || f[8] != "etcd-1" {
 		t.Errorf("pass line %q", lines[1])
 	}
-	if f := strings.Fields(lines[2]); f[2] != "FAIL" || f[3] != "-" || f[5] != "-" {
+	if f := strings.Fields(lines[2]); f[2] != "FAIL" || f[3] != "-" || f[4] != "-" || f[6] != "-" {
 		t.Errorf("fail line %q", lines[2])
 	}
 	for _, w := range []string{"skipped BLACKHOLE_PEER_PORT_TX_RX_ALL: agents share host", "failed round 1 case 2 NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS: cluster not healthy", "result: FAIL"} {
@@ -144,3 +145,5 @@ func TestReportChecksField(t *testing.T) {
 		t.Errorf("a case without checks: %s", b)
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

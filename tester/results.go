@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // A run of any length keeps a report of bounded size. Every case goes, as
@@ -138,6 +139,28 @@ func (r *Report) addCase(rr *RoundResult, res CaseResult) {
 		tot.Recovery.add(res.RecoverySeconds)
 	}
 	rr.Cases = append(rr.Cases, res)
+}
+
+// startRound begins round n, in progress and not passed until endRound.
+func (r *Report) startRound(n int) *RoundResult {
+	r.trimRounds()
+	r.Rounds = append(r.Rounds, RoundResult{Round: n, InProgress: true, Cases: []CaseResult{}})
+	return &r.Rounds[len(r.Rounds)-1]
+}
+
+// endRound ends rr, which passed if every case and its own steps did.
+func (r *Report) endRound(rr *RoundResult) {
+	rr.InProgress = false
+	rr.Passed = rr.Error == "" && !slices.ContainsFunc(rr.Cases, func(c CaseResult) bool { return !c.Passed })
+}
+
+// cutRound ends a round the run left before its end (interrupted, or a
+// failure that ended the run): it is no longer in progress, and it did
+// not pass, whatever its cases did, for it did not run in full.
+func (r *Report) cutRound() {
+	if n := len(r.Rounds); n > 0 && r.Rounds[n-1].InProgress {
+		r.Rounds[n-1].InProgress, r.Rounds[n-1].Passed = false, false
+	}
 }
 
 // trimRounds drops the oldest rounds, all but the last, while more than

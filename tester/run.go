@@ -29,8 +29,8 @@ var (
 // Exit statuses for a command running Run.
 const (
 	ExitPass        = 0   // every case of every round passed
-	ExitFail        = 1   // a case failed, or the run was interrupted
-	ExitSetup       = 2   // bad input, or agents or cluster could not be set up
+	ExitFail        = 1   // a case failed, the cluster never formed, a case was skipped under -require-all-cases, or the run was interrupted
+	ExitSetup       = 2   // bad input, or agents could not be reached or set up
 	ExitInterrupted = 130 // a second interrupt: exited at once, faults may remain
 )
 
@@ -57,8 +57,11 @@ const (
 )
 
 // Run runs the rounds cfg asks for. It returns nil if every case passed, a
-// *SetupError if nothing could start, ErrInterrupted (wrapped) if ctx ended
-// the run, and ErrFailed (wrapped) otherwise.
+// *SetupError if nothing could start (bad input, agents that do not
+// answer), ErrInterrupted (wrapped) if ctx ended the run, and ErrFailed
+// (wrapped) otherwise — also when the first cluster never became healthy,
+// which is etcd's failure, not the infrastructure's, and when
+// RequireAllCases is set and a case had to be skipped.
 func Run(ctx context.Context, cfg Config) error {
 	s, err := cfg.normalize()
 	if err != nil {
@@ -106,6 +109,8 @@ func (t *tester) run(ctx context.Context) (err error) {
 		Started:                time.Now(),
 		RecoveryTimeoutSeconds: s.RecoveryTimeout.Seconds(),
 		Agents:                 s.AgentEndpoints,
+		TesterVersion:          TesterVersion(),
+		Config:                 runConfig(s.Config),
 		Rounds:                 []RoundResult{},
 		Skipped:                []Skip{},
 	}
@@ -150,11 +155,19 @@ func (t *tester) run(ctx context.Context) (err error) {
 	if err := t.setup(ctx); err != nil {
 		t.report.Error = err.Error()
 		t.report.Finished = time.Now()
-		if ctx.Err() != nil {
+		var unhealthy *UnhealthyError
+		switch {
+		case ctx.Err() != nil:
 			// Interrupted while setting up: not bad input.
 			err = fmt.Errorf("%w during setup: %v", ErrInterrupted, err)
 			t.report.Interrupted = true
-		} else {
+		case errors.Is(err, ErrFailed):
+		case errors.As(err, &unhealthy):
+			// Every agent started its member and the members never
+			// agreed on a leader: etcd failed, the infrastructure
+			// did not.
+			err = fmt.Errorf("%w: the cluster never formed: %v", ErrFailed, err)
+		default:
 			err = setupErr(err)
 		}
 		if werr := t.report.write(s.ReportDir); werr != nil {
@@ -199,6 +212,15 @@ func (t *tester) setup(ctx context.Context) error {
 	if err := t.report.write(s.ReportDir); err != nil {
 		return err
 	}
+	if s.RequireAllCases && len(skipped) > 0 {
+		// Known before anything starts: no point running the others
+		// for a verdict that cannot be PASS.
+		why := make([]string, len(skipped))
+		for i, sk := range skipped {
+			why[i] = sk.Case + " (" + sk.Reason + ")"
+		}
+		return fmt.Errorf("%w: -require-all-cases, and %d cases cannot run here: %s", ErrFailed, len(skipped), strings.Join(why, "; "))
+	}
 	if err := c.ClearLeftovers(ctx, sts); err != nil {
 		return fmt.Errorf("clearing what an earlier run left on the agents: %w", err)
 	}
@@ -217,7 +239,7 @@ func (t *tester) newStress() error {
 	t.seedBoot++
 	cfg := t.s.Stresser
 	cfg.Endpoints = t.cluster.ClientURLs()
-	cfg.Seed = t.s.Seed + t.seedBoot
+	cfg.Seed = t.loadSeed()
 	st, err := stresser.New(cfg)
 	if err != nil {
 		return fmt.Errorf("stresser: %w", err)
@@ -225,6 +247,9 @@ func (t *tester) newStress() error {
 	t.stress, t.stressing = st, false
 	return nil
 }
+
+// loadSeed is the seed of the current bootstrap's load.
+func (t *tester) loadSeed() int64 { return t.s.Seed + t.seedBoot }
 
 func (t *tester) startStress(ctx context.Context) error {
 	if t.stressing {
@@ -244,17 +269,18 @@ func (t *tester) rounds(ctx context.Context) error {
 	var runErr error
 	failed := false
 rounds:
-	for round := 1; s.Limit < 0 || round <= s.Limit; round++ {
-		t.report.trimRounds()
-		t.report.Rounds = append(t.report.Rounds, RoundResult{Round: round, Passed: true, Cases: []CaseResult{}})
-		rr := &t.report.Rounds[len(t.report.Rounds)-1]
-		for k, cs := range t.cases {
-			res := t.runCase(ctx, round, k+1, cs)
+	for n := 1; s.Limit < 0 || n <= s.Limit; n++ {
+		round, steps := t.roundPlan(n)
+		rr := t.report.startRound(round)
+		for _, st := range steps {
+			if st.pin != nil {
+				t.cluster.pinTargets(st.pin)
+			}
+			res := t.runCase(ctx, round, st.index, st.cs)
 			t.report.addCase(rr, res)
 			if err := t.casesOut.append(round, res); err != nil {
 				plog.Errorf("%v", err)
 			}
-			rr.Passed = rr.Passed && res.Passed
 			t.metrics.caseDone(res)
 			t.save()
 			if ctx.Err() != nil {
@@ -282,7 +308,7 @@ rounds:
 			}
 		}
 		if err := phaseErr(PhaseMaintain, t.maintain(ctx, rr)); err != nil {
-			rr.Error, rr.Passed = err.Error(), false
+			rr.Error = err.Error()
 			plog.Errorf("[round#%d] %v", round, err)
 			if ctx.Err() != nil {
 				t.metrics.roundDone(false)
@@ -290,6 +316,7 @@ rounds:
 				break
 			}
 		}
+		t.report.endRound(rr)
 		t.metrics.roundDone(rr.Passed)
 		failed = failed || !rr.Passed
 		t.save()
@@ -301,92 +328,33 @@ rounds:
 	return t.finish(ctx, runErr, failed)
 }
 
-// maintain defragments after every DefragInterval rounds and after the
-// last round, so that a run of any length defragments at least once. (Each
-// passed case compacts; see caseRun.maintain.)
-func (t *tester) maintain(ctx context.Context, rr *RoundResult) error {
-	c := t.cluster
-	rr.CompactRevision = t.compaction.revision
-	last := t.s.Limit >= 0 && rr.Round == t.s.Limit
-	if t.s.DefragInterval > 0 && (rr.Round%t.s.DefragInterval == 0 || last) {
-		// No fault was just recovered: a short -recovery-timeout does
-		// not bound this wait (nor the one before a fault).
-		if err := c.WaitHealthy(ctx, t.s.bootstrapTimeout()); err != nil {
-			return fmt.Errorf("before defragmentation: %w", err)
-		}
-		if err := c.Defragment(ctx); err != nil {
-			return err
-		}
-		rr.Defragmented = true
-		plog.Infof("[round#%d] defragmented every member", rr.Round)
-	}
-	return nil
+// roundStep is one case of a round: its place and, in a replay, the
+// members it must hit.
+type roundStep struct {
+	index int
+	cs    Case
+	pin   []int
 }
 
-// rebootstrap starts a new cluster after a failed case archived the old
-// one, with a new load.
-func (t *tester) rebootstrap(ctx context.Context) error {
-	if t.stress != nil {
-		t.stress.Close()
-	}
-	// The failed case archived what it could; terminate makes sure no
-	// member of the old cluster runs on.
-	if err := t.cluster.Terminate(ctx); err != nil {
-		return fmt.Errorf("re-bootstrap: %w", err)
-	}
-	if err := t.cluster.Bootstrap(ctx); err != nil {
-		return fmt.Errorf("re-bootstrap: %w", err)
-	}
-	t.compaction = compaction{}
-	return t.newStress()
-}
-
-// finish ends the run: it stops the load; after an interrupt it heals what
-// is still injected and leaves the cluster up, else it terminates the
-// cluster (failed cases' data was archived). It writes the final report.
-func (t *tester) finish(ctx context.Context, runErr error, failed bool) error {
-	interrupted := errors.Is(runErr, ErrInterrupted) || ctx.Err() != nil
-	if t.stress != nil {
-		t.stress.Close()
-	}
-	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), healTimeout)
-	defer cancel()
-	if fs := t.cluster.Faults(); len(fs) > 0 {
-		plog.Noticef("healing the faults still injected: %s", strings.Join(fs, "; "))
-	}
-	if err := t.cluster.Heal(hctx); err != nil {
-		plog.Errorf("healing the injected faults: %v", err)
-		if runErr == nil {
-			runErr = fmt.Errorf("%w: %v", ErrFailed, err)
+// roundPlan is the n-th round to play: the schedule, or in a replay the
+// n-th recorded round with its own number, so that each case redraws
+// what it drew (caseRand is keyed by round and place).
+func (t *tester) roundPlan(n int) (int, []roundStep) {
+	if t.s.replay == nil {
+		steps := make([]roundStep, len(t.cases))
+		for k, cs := range t.cases {
+			steps[k] = roundStep{index: k + 1, cs: cs}
 		}
+		return n, steps
 	}
-	t.report.Unhealed = t.cluster.Faults()
-	if !interrupted {
-		if err := t.cluster.Terminate(hctx); err != nil {
-			plog.Warningf("terminating the cluster at the end: %v", err)
-		}
+	byName := map[string]Case{}
+	for _, cs := range t.cases {
+		byName[cs.Name()] = cs
 	}
-	if interrupted && !errors.Is(runErr, ErrInterrupted) {
-		runErr = fmt.Errorf("%w: %v", ErrInterrupted, runErr)
+	pr := t.s.replay[n-1]
+	steps := make([]roundStep, len(pr.cases))
+	for k, rc := range pr.cases {
+		steps[k] = roundStep{index: rc.index, cs: byName[rc.name], pin: append([]int{}, rc.members...)}
 	}
-	if runErr == nil && failed {
-		runErr = fmt.Errorf("%w: %s", ErrFailed, t.report.failures())
-	}
-	t.report.Interrupted = interrupted
-	t.report.Passed = runErr == nil
-	if runErr != nil {
-		t.report.Error = runErr.Error()
-	}
-	t.report.Finished = time.Now()
-	t.save()
-	var sum strings.Builder
-	t.report.summary(&sum)
-	fmt.Fprint(t.out, sum.String())
-	return runErr
-}
-
-func (t *tester) save() {
-	if err := t.report.write(t.s.ReportDir); err != nil {
-		plog.Errorf("%v", err)
-	}
+	return pr.round, steps
 }

@@ -2,10 +2,11 @@
 // through fault cases under load and checks that it recovers and stays
 // consistent. See package tester.
 //
-// Exit status: 0 if every case of every round passed; 1 if a case failed
+// Exit status: 0 if every case of every round passed; 1 if a case failed,
+// the cluster never formed, a case was skipped under -require-all-cases,
 // or the run was interrupted (after healing the faults it injected); 2 on
-// bad flags or when the agents or the first cluster could not be set up;
-// 130 on a second interrupt, which exits at once.
+// bad flags or when the agents could not be reached or set up; 130 on a
+// second interrupt, which exits at once.
 package main
 
 import (
@@ -115,8 +116,9 @@ serves Prometheus metrics and /status on -metrics-addr.
 The first SIGINT, SIGTERM, SIGHUP or SIGQUIT heals the injected faults,
 writes the report and exits 1; a second exits at once with 130.
 
-Exit status: 0 all cases passed; 1 a case failed or interrupted; 2 bad
-flags or setup (agents unreachable, cluster would not start).
+Exit status: 0 all cases passed; 1 a case failed, the cluster never
+formed, a case was skipped under -require-all-cases, or interrupted; 2 bad
+flags or setup (agents unreachable).
 
 Flags:
 `)
@@ -145,6 +147,7 @@ Flags:
 	fs.BoolVar(&cfg.AllowUnknown, "allow-unknown", def.AllowUnknown, "pass a case whose checker could not reach a verdict (by default it fails: nothing was proven)")
 	fs.DurationVar(&cfg.LinearizabilityTimeout, "linearizability-timeout", def.LinearizabilityTimeout, "bound on the linearizability check of one case's client history (the \"history\" stresser); out of time is an unknown verdict")
 	fs.BoolVar(&cfg.WatchCheck, "watch-check", def.WatchCheck, "record watches on every member during each case with load and check them against the ground truth after recovery")
+	fs.BoolVar(&cfg.RequireAllCases, "require-all-cases", def.RequireAllCases, "fail the run (exit 1, before it starts) if any case must be skipped in this environment, naming each and why: a PASS then means every case ran")
 	fs.BoolVar(&cfg.ExitOnFailure, "exit-on-failure", def.ExitOnFailure, "stop at the first failed case (its members stay archived)")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", def.HeartbeatInterval, "etcd --heartbeat-interval")
 	fs.DurationVar(&cfg.ElectionTimeout, "election-timeout", def.ElectionTimeout, "etcd --election-timeout")
@@ -162,6 +165,7 @@ Flags:
 	fs.StringVar(&cfg.AgentCAFile, "agent-ca-file", "", "CA certificate that verifies the agents (turns TLS on)")
 	fs.StringVar(&cfg.ExternalExecPath, "external-exec-path", "", "program of the EXTERNAL case, run as `PROGRAM enable ROUND` to inject its fault and `PROGRAM disable ROUND` to recover (a non-zero exit fails the case); without it EXTERNAL is skipped")
 	fs.IntVar(&cfg.DefragInterval, "defrag-interval", def.DefragInterval, "defragment every member every this many rounds; 0 never")
+	fs.StringVar(&cfg.Replay, "replay", "", "play the cases of an earlier run's `results.json` again: same rounds, same order, same members hit, same seed (its -seed, -cases, -schedule-cases and -limit win); a case whose member no longer holds its role says so")
 	fs.StringVar(&opts.fromJSON, "report-from", "", "render `results.json` of an earlier run as -report-dir/index.html and exit; runs nothing")
 	fs.StringVar(&opts.logLevel, "log-level", "INFO", "log level: CRITICAL, ERROR, WARNING, NOTICE, INFO, DEBUG or TRACE")
 

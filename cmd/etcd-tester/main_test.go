@@ -32,13 +32,13 @@ func TestParseFlags(t *testing.T) {
 		"-client-ports", "2379,2379,2379", "-peer-ports", "2380,2380,2380",
 		"-cases", "SIGKILL_LEADER,SIGTERM_ALL", "-schedule-cases", "1,0,1",
 		"-election-timeout", "2s", "-seed", "0", "-stresser", "nop", "-limit", "-1",
-		"-metrics-addr", "", "-list-cases",
+		"-metrics-addr", "", "-list-cases", "-require-all-cases",
 	}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(cfg.AgentEndpoints) != 3 || cfg.AgentEndpoints[1] != "10.0.0.2:9027" || !slices.Equal(cfg.ScheduleCases, []int{1, 0, 1}) ||
-		!slices.Equal(cfg.Cases, []string{"SIGKILL_LEADER", "SIGTERM_ALL"}) || cfg.Limit != -1 || cfg.MetricsAddr != "" || !opts.listCases {
+		!slices.Equal(cfg.Cases, []string{"SIGKILL_LEADER", "SIGTERM_ALL"}) || cfg.Limit != -1 || cfg.MetricsAddr != "" || !opts.listCases || !cfg.RequireAllCases {
 		t.Errorf("parsed %+v", cfg)
 	}
 	// The recovery timeout follows the election timeout unless given.
@@ -78,7 +78,7 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		"schedule-cases", "stresser", "stress-qps", "stress-key-size", "stress-key-large-size", "stress-key-suffix-range",
 		"stress-key-txn-ops", "consistency-check", "exit-on-failure", "heartbeat-interval", "election-timeout",
 		"recovery-timeout", "case-delay", "snapshot-count", "seed", "metrics-addr", "report-dir", "agent-token-file",
-		"agent-cert-file", "agent-key-file", "agent-ca-file", "defrag-interval", "log-level"} {
+		"agent-cert-file", "agent-key-file", "agent-ca-file", "defrag-interval", "log-level", "require-all-cases", "replay"} {
 		if !strings.Contains(out.String(), "  -"+f+" ") && !strings.Contains(out.String(), "  -"+f+"\n") {
 			t.Errorf("-h does not document -%s", f)
 		}
