@@ -90,6 +90,11 @@ func Classify(err error) (class string, expected bool) {
 		if strings.Contains(st.Message(), "raft proposal dropped") {
 			return ClassNoLeader, true
 		}
+		// ...and raft's own ErrStopped when the member stops (or
+		// panics) under a request in flight.
+		if strings.Contains(st.Message(), "raft: stopped") {
+			return ClassStopped, true
+		}
 	}
 	return ClassUnexpected, false
 }

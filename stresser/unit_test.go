@@ -266,6 +266,7 @@ func TestClassify(t *testing.T) {
 		{rpctypes.ErrFutureRev, ClassUnexpected, false},
 		{status.Error(codes.Internal, "boom"), ClassUnexpected, false},
 		{status.Error(codes.Unknown, "raft proposal dropped"), ClassNoLeader, true},
+		{status.Error(codes.Unknown, "raft: stopped"), ClassStopped, true},
 		{status.Error(codes.Unknown, "mystery"), ClassUnexpected, false},
 		{errors.New("something else"), ClassUnexpected, false},
 	} {
