@@ -137,3 +137,21 @@ func TestFailedCaseQuotesEtcd(t *testing.T) {
 		t.Fatalf("a failed case's logs with a corruption report: %v", err)
 	}
 }
+
+// A FAILPOINTS case's panics are its own doing, also when the code that
+// recovered the failpoint's panic raises another without its name: the
+// logs of the members it made panic are read past; the others' are not.
+func TestLogCheckReadsPastAFailpointsPanics(t *testing.T) {
+	c, las := logCluster(t)
+	c.markLogs(context.Background())
+	fc := &failpointCase{fp: failpoint{"beforeCommit", `panic("beforeCommit")`}, targets: []int{1}}
+	las[1].log(`{"level":"panic","msg":"execute job failed","panic":"failpoint panic: beforeCommit"}`, "panic: execute job failed")
+	if err := (logCheck{&CheckContext{Cluster: c, Case: fc}}).Check(context.Background()); err != nil {
+		t.Fatalf("the panic a FAILPOINTS case armed, on its target: %v", err)
+	}
+	las[2].log("panic: execute job failed")
+	err := logCheck{&CheckContext{Cluster: c, Case: fc}}.Check(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "etcd-2") {
+		t.Fatalf("a panic on a member the case did not target: %v; want it failed", err)
+	}
+}

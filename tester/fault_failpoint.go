@@ -197,3 +197,12 @@ func (fc *failpointCase) Hold(ctx context.Context, c *Cluster, d time.Duration) 
 }
 
 func (fc *failpointCase) Recover(ctx context.Context, c *Cluster) error { return c.Heal(ctx) }
+
+// panicked: the targets of a panic term panicked on purpose (see the logs
+// check).
+func (fc *failpointCase) panicked() []int {
+	if strings.HasPrefix(fc.fp.term, "panic") {
+		return fc.targets
+	}
+	return nil
+}
