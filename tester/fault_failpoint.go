@@ -111,6 +111,7 @@ func (fc *failpointCase) Inject(ctx context.Context, c *Cluster) error {
 			return fmt.Errorf("pick leader: %w", err)
 		}
 		fc.fp, fc.targets = failpoint{"raftAfterSave", fmt.Sprintf("sleep(%d)", fc.diskLatency.Milliseconds())}, []int{lead}
+		c.recordDrawn(fc.fp)
 		return c.Inject(ctx, lead, fc.fp)
 	}
 	var have []wire.Failpoint
@@ -147,6 +148,7 @@ func (fc *failpointCase) Inject(ctx context.Context, c *Cluster) error {
 	}
 	// The panic names the failpoint, so that the member's log says which.
 	fc.fp = failpoint{name, fmt.Sprintf("panic(%q)", name)}
+	c.recordDrawn(fc.fp) // the report names the failpoint the seed drew
 	errs := make([]error, len(fc.targets))
 	for k, i := range fc.targets {
 		errs[k] = c.Inject(ctx, i, fc.fp)
