@@ -58,6 +58,26 @@ type results struct {
 	Unhealed    []string             `json:"unhealed"`
 }
 
+// runPassing runs cfg within timeout, logs every case, fails the test if
+// the run did not pass and returns its results.
+func runPassing(t *testing.T, cfg tester.Config, timeout time.Duration) results {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err := tester.Run(ctx, cfg)
+	r := readResults(t, cfg.ReportDir)
+	for _, rd := range r.Rounds {
+		for _, c := range rd.Cases {
+			t.Logf("round %d %-65s passed=%v recovery=%.2fs first-write=%.2fs targets=%v checks=%v err=%s",
+				rd.Round, c.Case, c.Passed, c.RecoverySeconds, c.FirstWriteSeconds, c.Targets, c.Checks, c.Error)
+		}
+	}
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	return r
+}
+
 func readResults(t *testing.T, dir string) results {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir, tester.ResultsFile))
@@ -81,18 +101,7 @@ func TestRunRealCluster(t *testing.T) {
 		"NO_FAIL_WITH_STRESS", "NO_FAIL_WITH_NO_STRESS_FOR_LIVENESS",
 	}
 	cfg.DefragInterval = 1
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	err := tester.Run(ctx, cfg)
-	r := readResults(t, cfg.ReportDir)
-	for _, rd := range r.Rounds {
-		for _, c := range rd.Cases {
-			t.Logf("%-45s passed=%v recovery=%.2fs first-write=%.2fs targets=%v err=%s", c.Case, c.Passed, c.RecoverySeconds, c.FirstWriteSeconds, c.Targets, c.Error)
-		}
-	}
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	r := runPassing(t, cfg, 8*time.Minute)
 	if !r.Passed || r.Interrupted || r.Seed != 7 || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != len(cfg.Cases) {
 		t.Fatalf("results: %+v", r)
 	}
@@ -398,18 +407,7 @@ func TestRunUntilSnapshotAndRemoveLeader(t *testing.T) {
 	// truth") and answer unknown; that is the checker's, not these
 	// faults', and is left to it.
 	cfg.AllowUnknown = true
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	err := tester.Run(ctx, cfg)
-	r := readResults(t, cfg.ReportDir)
-	for _, rd := range r.Rounds {
-		for _, c := range rd.Cases {
-			t.Logf("%-65s passed=%v recovery=%.2fs targets=%v err=%s", c.Case, c.Passed, c.RecoverySeconds, c.Targets, c.Error)
-		}
-	}
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	r := runPassing(t, cfg, 8*time.Minute)
 	if !r.Passed || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != len(cfg.Cases) {
 		t.Fatalf("results: %+v", r)
 	}
@@ -434,18 +432,7 @@ func TestRunExternalAndLogCheck(t *testing.T) {
 	}
 	cfg.Cases = []string{"EXTERNAL", "SIGQUIT_AND_REMOVE_ONE_FOLLOWER", "SIGKILL_LEADER"}
 	cfg.AllowUnknown = true // see TestRunUntilSnapshotAndRemoveLeader
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	err := tester.Run(ctx, cfg)
-	r := readResults(t, cfg.ReportDir)
-	for _, rd := range r.Rounds {
-		for _, c := range rd.Cases {
-			t.Logf("%-35s passed=%v checks=%+v err=%s", c.Case, c.Passed, c.Checks, c.Error)
-		}
-	}
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	r := runPassing(t, cfg, 5*time.Minute)
 	if b, _ := os.ReadFile(calls); string(b) != "enable 1\ndisable 1\n" {
 		t.Errorf("program called with %q, want enable 1 then disable 1", b)
 	}
@@ -472,18 +459,7 @@ func TestRunRunnerStressers(t *testing.T) {
 	cfg.Stresser.Names = []string{"keys", "election-runner", "lock-racer-runner", "lease-runner", "watch-runner"}
 	cfg.Cases = []string{"SIGKILL_LEADER", "DELAY_PEER_PORT_TX_RX_LEADER", "SIGQUIT_AND_REMOVE_ONE_FOLLOWER"}
 	cfg.AllowUnknown = true // see TestRunUntilSnapshotAndRemoveLeader
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	err := tester.Run(ctx, cfg)
-	r := readResults(t, cfg.ReportDir)
-	for _, rd := range r.Rounds {
-		for _, c := range rd.Cases {
-			t.Logf("%-35s passed=%v err=%s", c.Case, c.Passed, c.Error)
-		}
-	}
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	runPassing(t, cfg, 5*time.Minute)
 }
 
 // The restore from a snapshot loses nothing written before it: the case
@@ -494,18 +470,7 @@ func TestRunRestoreFromSnapshot(t *testing.T) {
 	cfg := ta.config(t)
 	cfg.Cases = []string{"SIGQUIT_AND_REMOVE_QUORUM_AND_RESTORE_LEADER_SNAPSHOT_FROM_SCRATCH", "SIGKILL_ONE_FOLLOWER"}
 	cfg.AllowUnknown = true // see TestRunUntilSnapshotAndRemoveLeader
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	err := tester.Run(ctx, cfg)
-	r := readResults(t, cfg.ReportDir)
-	for _, rd := range r.Rounds {
-		for _, c := range rd.Cases {
-			t.Logf("%-70s passed=%v recovery=%.2fs err=%s", c.Case, c.Passed, c.RecoverySeconds, c.Error)
-		}
-	}
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
+	r := runPassing(t, cfg, 5*time.Minute)
 	if !r.Passed || len(r.Rounds) != 1 || len(r.Rounds[0].Cases) != 2 {
 		t.Fatalf("results: %+v", r)
 	}
