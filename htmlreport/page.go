@@ -25,6 +25,8 @@ type page struct {
 	Seed                  int64
 	Ran, Passed, Failed   int
 	Skipped               []skip
+	Findings              []findingView
+	FindingsDropped       int
 	Error                 string
 	Unhealed              []string
 	Meta                  [][2]string
@@ -63,6 +65,14 @@ type cell struct {
 	Key  float64
 }
 
+// rowID is the anchor of a case's row.
+func rowID(round, index int) string { return fmt.Sprintf("r%dc%d", round, index) }
+
+type findingView struct {
+	finding
+	ID, Members, At string
+}
+
 type checkView struct {
 	Name, Verdict, Error string
 	Figures              []string
@@ -80,6 +90,11 @@ func render(w io.Writer, dir string, r *results) error {
 	p := &page{Status: r.status(), Seed: r.Seed, Error: r.Error, Unhealed: r.Unhealed, Skipped: r.Skipped,
 		Replay: r.replayArgs(), Config: keyValues(r.Config), Generated: time.Now().UTC().Format(time.RFC3339)}
 	p.Title = fmt.Sprintf("etcd functional test %s, seed %d", p.Status, r.Seed)
+	p.FindingsDropped = r.FindingsDropped
+	for _, f := range r.Findings {
+		p.Findings = append(p.Findings, findingView{finding: f, ID: rowID(f.Round, f.Index),
+			Members: strings.Join(f.Members, ", "), At: f.Time.UTC().Format("15:04:05.000")})
+	}
 	absDir, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("htmlreport: %w", err)
@@ -163,7 +178,7 @@ const maxTimelines = 300
 
 // newRow formats case c of round; drawn says whether to plot its timeline.
 func newRow(absDir string, round int, c *caseResult, drawn bool) (*row, error) {
-	rw := &row{ID: fmt.Sprintf("r%dc%d", round, c.Index), Round: round, Index: c.Index, Case: c.Case,
+	rw := &row{ID: rowID(round, c.Index), Round: round, Index: c.Index, Case: c.Case,
 		Passed: c.Passed, Error: c.Error, Targets: strings.Join(c.Targets, ", ")}
 	rw.Recovery = secondsCell(c.RecoverySeconds, !c.HealthyTime.IsZero())
 	rw.FirstWrt = secondsCell(c.FirstWriteSeconds, c.FirstWriteSeconds > 0)

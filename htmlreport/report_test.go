@@ -58,6 +58,11 @@ func TestWritePassingRun(t *testing.T) {
 		"make run ARGS='-seed 1764511200 -cases SIGTERM_ONE_FOLLOWER,", "-limit 2",
 		"3.6.16 (every member)", "v0.0.0-synthetic", "stresser.qps", "SIGQUIT_AND_REMOVE_LEADER", "needs -peer-proxy",
 		`<th class="num">unavailable</th>`, `<th>checks</th>`, `id="recovery-plot"`)
+	// A finding: counted in the header, shown with its case, its member
+	// and what the tester saw.
+	mustContain(t, page, `id="n-findings">1<`, `<h2 id="findings">Findings</h2>`,
+		`<a href="#r1c2">SIGQUIT_AND_REMOVE_ONE_FOLLOWER</a>`, "<b>s3</b> ready only after a client write",
+		"healthy 0.210s after the tester began to write")
 	for _, n := range caseNames {
 		if strings.Count(page, `data-case="`+n+`"`) != 4 { // 2 rows, 2 timelines
 			t.Errorf("case %s: %d entries, want 4", n, strings.Count(page, `data-case="`+n+`"`))
@@ -95,7 +100,7 @@ func TestWriteInterruptedRun(t *testing.T) {
 	mustContain(t, page, `id="verdict">INTERRUPTED<`, `id="n-ran">9<`, "Run error", "interrupted")
 	// Without the announced additions: no empty columns for them, and the
 	// replay does not claim a round count the run never reached.
-	for _, absent := range []string{`<th class="num">unavailable</th>`, `<th>checks</th>`, "-limit"} {
+	for _, absent := range []string{`<th class="num">unavailable</th>`, `<th>checks</th>`, "-limit", "n-findings"} {
 		if strings.Contains(page, absent) {
 			t.Errorf("page has %q", absent)
 		}

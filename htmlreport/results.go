@@ -34,12 +34,26 @@ type results struct {
 	Schedule               []string  `json:"schedule"`
 	Rounds                 []round   `json:"rounds"`
 	Skipped                []skip    `json:"skipped"`
+	Findings               []finding `json:"findings"`
+	FindingsDropped        int       `json:"findings_dropped"`
 	Unhealed               []string  `json:"unhealed"`
 	// Announced additions; each may be absent. Their shape is not fixed
 	// yet, so they are kept raw and shown as they come.
 	Config        json.RawMessage `json:"config"`
 	EtcdVersions  json.RawMessage `json:"etcd_versions"`
 	TesterVersion string          `json:"tester_version"`
+}
+
+// finding is tester.RunFinding: something etcd did that no case failed
+// for (members ready only after a client write).
+type finding struct {
+	Round   int       `json:"round"`
+	Index   int       `json:"index"`
+	Case    string    `json:"case"`
+	What    string    `json:"what"`
+	Members []string  `json:"members"`
+	Time    time.Time `json:"time"`
+	Detail  string    `json:"detail"`
 }
 
 type skip struct {

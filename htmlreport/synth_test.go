@@ -116,6 +116,9 @@ func synth(t testing.TB, o synthOpts) []byte {
 			"case_delay": "3s", "election_timeout": "1s", "consistency_check": true}
 		rep["etcd_versions"] = map[string]string{"s1": "3.6.16", "s2": "3.6.16", "s3": "3.6.16"}
 		rep["tester_version"] = "v0.0.0-synthetic"
+		rep["findings"] = []finding{{Round: 1, Index: 2, Case: "SIGQUIT_AND_REMOVE_ONE_FOLLOWER", What: "ready only after a client write",
+			Members: []string{"s3"}, Time: start.Add(time.Minute),
+			Detail: "not healthy after 15.000s without a client write (s3: status: connection refused); healthy 0.210s after the tester began to write"}}
 	}
 	var rounds []roundJSON
 	passed := true

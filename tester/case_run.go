@@ -20,7 +20,7 @@ const (
 	PhaseInject      = "inject"       // the case's fault on its targets
 	PhaseHold        = "hold"         // the fault held for -case-delay
 	PhaseRecover     = "recover"      // the fault taken off
-	PhaseWaitHealthy = "wait healthy" // every member healthy, one leader, a write taken
+	PhaseWaitHealthy = "wait healthy" // every member healthy (a linearizable read) under one leader; a write taken
 	PhaseCheck       = "check"        // the registered checkers
 	PhaseMaintain    = "maintain"     // compaction after a case, defragmentation after a round
 )
@@ -211,8 +211,12 @@ func (r *caseRun) pauseStress() {
 
 // waitHealthy waits for every member to be healthy under one leader, and
 // for the first write after recovery, both measured at the figures'
-// resolution (see figures.go); then it ends the probe writes, which
-// measured the unavailability since injection.
+// resolution (see figures.go). The probe writes, which measured the
+// unavailability since injection, end at that first write: from then on
+// the cluster gets no write from the tester, so that health (a
+// linearizable read) is not bought with one. A cluster still unhealthy
+// after half the recovery timeout without writes is written to (nudged);
+// members that become healthy only then are recorded as a finding.
 func (r *caseRun) waitHealthy(ctx context.Context) error {
 	c, timeout := r.t.cluster, r.t.s.RecoveryTimeout
 	wctx, cancel := context.WithTimeout(ctx, timeout)
@@ -220,16 +224,30 @@ func (r *caseRun) waitHealthy(ctx context.Context) error {
 	var wg sync.WaitGroup
 	var written time.Time
 	var writeErr error
-	wg.Go(func() { written, writeErr = r.writes.waitFirstWrite(wctx) })
+	quiet := make(chan struct{})
+	wg.Go(func() {
+		defer close(quiet)
+		written, writeErr = r.writes.waitFirstWrite(wctx)
+		r.endWrites()
+	})
+	var n nudge
+	look := func(ctx context.Context) map[string]string {
+		ctx, cancel := context.WithTimeout(ctx, writeProbeTimeout)
+		defer cancel()
+		return c.healthOnce(ctx)
+	}
+	wg.Go(func() { n = nudgeIfStuck(wctx, quiet, nudgeAfter(timeout), look, c.nudgeWrite) })
 	healthy, err := c.waitHealthyFine(ctx, timeout)
+	cancel() // ends the nudges; and no point waiting for a write to a cluster declared broken
+	wg.Wait()
 	if err == nil {
 		r.res.HealthyTime = healthy
 		r.res.RecoverySeconds = max(healthy.Sub(r.res.RecoverTime), 0).Seconds()
-	} else {
-		cancel() // no point waiting for a write to a cluster declared broken
+		if f := n.finding(healthy); f != nil {
+			r.res.Findings = append(r.res.Findings, *f)
+			r.lg.Infof("finding: %s %s: %s", strings.Join(f.Members, ","), f.What, f.Detail)
+		}
 	}
-	wg.Wait()
-	r.endWrites()
 	if err != nil {
 		return phaseErr(PhaseWaitHealthy, fmt.Errorf("after recovery (timeout %v): %w", timeout, err))
 	}

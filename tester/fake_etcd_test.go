@@ -3,6 +3,7 @@ package tester
 import (
 	"context"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -31,6 +32,14 @@ type fakeEtcds struct {
 	calls    map[int]int
 	// putErr, if set, fails a Put through member i.
 	putErr func(i int) error
+	// puts is when each Put arrived, through any member.
+	puts []time.Time
+	// stuckUntilPutAfter makes member i refuse reads until a Put arrives
+	// after the time given: a member that becomes ready only after a
+	// client write.
+	stuckUntilPutAfter map[int]time.Time
+	// readyAt makes member i refuse reads until then.
+	readyAt map[int]time.Time
 }
 
 func fakeID(i int) uint64 { return uint64(i + 1) }
@@ -38,7 +47,8 @@ func fakeID(i int) uint64 { return uint64(i + 1) }
 // startFakeEtcds serves a fake etcd on every member's client port of c.
 func startFakeEtcds(t *testing.T, c *Cluster) *fakeEtcds {
 	t.Helper()
-	fe := &fakeEtcds{leader: fakeID(0), term: 5, down: map[int]bool{}, view: map[int][2]uint64{}, calls: map[int]int{}}
+	fe := &fakeEtcds{leader: fakeID(0), term: 5, down: map[int]bool{}, view: map[int][2]uint64{}, calls: map[int]int{},
+		stuckUntilPutAfter: map[int]time.Time{}, readyAt: map[int]time.Time{}}
 	for i, m := range c.members {
 		ln, err := net.Listen("tcp", net.JoinHostPort(m.Host, strconv.Itoa(m.ClientPort)))
 		if err != nil {
@@ -70,6 +80,19 @@ func startFakeEtcds(t *testing.T, c *Cluster) *fakeEtcds {
 	}
 	fe.calls = map[int]int{}
 	return fe
+}
+
+// putsAfter returns the arrival times of the Puts after t.
+func (fe *fakeEtcds) putsAfter(t time.Time) []time.Time {
+	fe.mu.Lock()
+	defer fe.mu.Unlock()
+	var after []time.Time
+	for _, p := range fe.puts {
+		if p.After(t) {
+			after = append(after, p)
+		}
+	}
+	return after
 }
 
 func (fe *fakeEtcds) set(f func(fe *fakeEtcds)) {
@@ -108,6 +131,22 @@ type fakeKV struct {
 	i  int
 }
 
+func (k *fakeKV) Range(context.Context, *pb.RangeRequest) (*pb.RangeResponse, error) {
+	fe := k.fe
+	fe.mu.Lock()
+	defer fe.mu.Unlock()
+	if fe.down[k.i] {
+		return nil, status.Error(codes.Unavailable, "fake etcd down")
+	}
+	if t, ok := fe.readyAt[k.i]; ok && time.Now().Before(t) {
+		return nil, status.Error(codes.Unavailable, "fake etcd not ready yet")
+	}
+	if t, ok := fe.stuckUntilPutAfter[k.i]; ok && !slices.ContainsFunc(fe.puts, func(p time.Time) bool { return p.After(t) }) {
+		return nil, status.Error(codes.Unavailable, "fake etcd not ready until written to")
+	}
+	return &pb.RangeResponse{Header: &pb.ResponseHeader{MemberId: fakeID(k.i)}}, nil
+}
+
 func (k *fakeKV) Put(context.Context, *pb.PutRequest) (*pb.PutResponse, error) {
 	fe := k.fe
 	fe.mu.Lock()
@@ -121,5 +160,8 @@ func (k *fakeKV) Put(context.Context, *pb.PutRequest) (*pb.PutResponse, error) {
 			return nil, err
 		}
 	}
+	fe.mu.Lock()
+	fe.puts = append(fe.puts, time.Now())
+	fe.mu.Unlock()
 	return &pb.PutResponse{Header: &pb.ResponseHeader{MemberId: fakeID(k.i)}}, nil
 }

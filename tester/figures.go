@@ -2,6 +2,7 @@ package tester
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -269,6 +270,25 @@ func (c *Cluster) startWriteFigures(ctx context.Context) (w *writeFigures, stop 
 		}, w)
 	}()
 	return w, func() { cancel(); <-done }
+}
+
+// nudgeKey is what a nudge writes (see nudgeIfStuck).
+const nudgeKey = "/etcd-tester/nudge"
+
+// nudgeWrite writes once through every member at the same time; it
+// succeeds if any member took the write.
+func (c *Cluster) nudgeWrite(ctx context.Context) error {
+	errs := make([]error, len(c.members))
+	c.eachMember(func(i int) error {
+		_, errs[i] = c.members[i].cli.Put(ctx, nudgeKey, c.members[i].Name)
+		return nil
+	})
+	for _, err := range errs {
+		if err == nil {
+			return nil
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // waitHealthyFine is WaitHealthy at the figures' resolution: it returns

@@ -49,6 +49,11 @@ type Report struct {
 	Failures        []FailedCase           `json:"failures,omitempty"`
 	FailuresDropped int                    `json:"failures_dropped,omitempty"`
 	Skipped         []Skip                 `json:"skipped"`
+	// Findings are every case's findings (the first reportKeepFailures;
+	// FindingsDropped counts the others), whether or not its round is
+	// still in Rounds: what etcd did that no case failed for.
+	Findings        []RunFinding `json:"findings,omitempty"`
+	FindingsDropped int          `json:"findings_dropped,omitempty"`
 	// Unhealed lists the faults that could not be undone at the end.
 	Unhealed []string `json:"unhealed,omitempty"`
 }
@@ -113,6 +118,9 @@ type CaseResult struct {
 	// Checks holds each checker's verdict, in the order they ran; absent
 	// when no checker ran (the case failed before).
 	Checks []CheckResult `json:"checks,omitempty"`
+	// Findings are what etcd did that the case did not fail for but a
+	// user should know (members that became ready only after a write).
+	Findings []Finding `json:"findings,omitempty"`
 }
 
 // CheckResult is one checker's verdict on one case.
@@ -243,6 +251,12 @@ func (r *Report) summary(w io.Writer) {
 	}
 	for _, f := range failures {
 		fmt.Fprintln(w, "failed", f)
+	}
+	for _, f := range r.Findings {
+		fmt.Fprintf(w, "finding round %d case %d %s: %s %s: %s\n", f.Round, f.Index, f.Case, strings.Join(f.Members, ","), f.What, f.Detail)
+	}
+	if r.FindingsDropped > 0 {
+		fmt.Fprintf(w, "%d more findings are in %s\n", r.FindingsDropped, CasesFile)
 	}
 	for _, rd := range r.Rounds {
 		for _, c := range rd.Cases {

@@ -39,6 +39,8 @@ type CaseTotals struct {
 	Runs   int `json:"runs"`
 	Passed int `json:"passed"`
 	Failed int `json:"failed"`
+	// Findings counts the runs with a finding.
+	Findings int `json:"findings,omitempty"`
 	// Recovery is the distribution of recovery_seconds of the runs that
 	// recovered.
 	Recovery Distribution `json:"recovery_seconds"`
@@ -74,6 +76,14 @@ func (d *Distribution) add(v float64) {
 		i++
 	}
 	d.Buckets[i]++
+}
+
+// RunFinding is a finding with the case it was found in.
+type RunFinding struct {
+	Round int    `json:"round"`
+	Index int    `json:"index"`
+	Case  string `json:"case"`
+	Finding
 }
 
 // FailedCase is a failed case with its round, kept in full.
@@ -137,6 +147,16 @@ func (r *Report) addCase(rr *RoundResult, res CaseResult) {
 	}
 	if !res.HealthyTime.IsZero() {
 		tot.Recovery.add(res.RecoverySeconds)
+	}
+	if len(res.Findings) > 0 {
+		tot.Findings++
+	}
+	for _, f := range res.Findings {
+		if len(r.Findings) < reportKeepFailures {
+			r.Findings = append(r.Findings, RunFinding{rr.Round, res.Index, res.Case, f})
+		} else {
+			r.FindingsDropped++
+		}
 	}
 	rr.Cases = append(rr.Cases, res)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,5 +84,36 @@ func TestReportStaysBounded(t *testing.T) {
 	}
 	if lines != rounds*perRound || withSeries != rounds/10 {
 		t.Errorf("%s: %d lines, %d with a series; want %d and %d", CasesFile, lines, withSeries, rounds*perRound, rounds/10)
+	}
+}
+
+// Findings outlive the rounds kept in full: every one is listed in
+// results.json (and counted per case) and in the summary, with its case.
+func TestFindingsKeptAndSummarised(t *testing.T) {
+	r := Report{Rounds: []RoundResult{}, Skipped: []Skip{}}
+	f := Finding{What: FindingNeededWrite, Members: []string{"etcd-2"}, Time: time.Now(), Detail: "not healthy after 15.000s without a client write"}
+	const rounds, perRound = 20, 29
+	for round := 1; round <= rounds; round++ {
+		rr := r.startRound(round)
+		for k := 1; k <= perRound; k++ {
+			res := CaseResult{Case: "SIGQUIT_AND_REMOVE_ONE_FOLLOWER", Index: k, Passed: true, HealthyTime: time.Now()}
+			if k == 5 && round%5 == 0 {
+				res.Findings = []Finding{f}
+			}
+			r.addCase(rr, res)
+		}
+		r.endRound(rr)
+	}
+	if r.RoundsDropped == 0 {
+		t.Fatal("no round dropped: the test proves nothing")
+	}
+	if len(r.Findings) != rounds/5 || r.Findings[0].Round != 5 || r.Findings[0].Index != 5 || r.Totals["SIGQUIT_AND_REMOVE_ONE_FOLLOWER"].Findings != rounds/5 {
+		t.Errorf("findings %+v, totals %+v", r.Findings, r.Totals["SIGQUIT_AND_REMOVE_ONE_FOLLOWER"])
+	}
+	var b strings.Builder
+	r.summary(&b)
+	want := "finding round 5 case 5 SIGQUIT_AND_REMOVE_ONE_FOLLOWER: etcd-2 ready only after a client write: not healthy after 15.000s without a client write"
+	if !strings.Contains(b.String(), want) {
+		t.Errorf("summary lacks %q:\n%s", want, b.String())
 	}
 }
