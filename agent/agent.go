@@ -127,7 +127,7 @@ type Agent struct {
 	backend  string
 
 	op     sync.Mutex // serialises operations; a stop can take seconds
-	closed bool       // set by Close under op: later operations are refused
+	closed bool       // set by Close under op and mu: later operations are refused
 
 	mu               sync.Mutex // guards the fields below; held briefly
 	proc             *process
@@ -386,8 +386,8 @@ func (a *Agent) recover() error {
 func (a *Agent) Close() error {
 	a.op.Lock()
 	defer a.op.Unlock()
-	a.closed = true
 	a.mu.Lock()
+	a.closed = true // under a.op for lockOp, and a.mu for KeepFaults
 	if a.leaseTimer != nil {
 		a.leaseTimer.Stop() // a run already waiting for a.op finds a.closed
 	}

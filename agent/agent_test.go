@@ -395,6 +395,44 @@ func TestStopLadder(t *testing.T) {
 		}
 	})
 
+	// A graceful stop holds the agent's operation lock for its whole
+	// ladder; the fault lease's renewal must not queue behind it, or the
+	// tester's renewal times out and it warns that the faults may end.
+	t.Run("RenewalAnswersDuringALongStop", func(t *testing.T) {
+		t.Parallel()
+		s := serve(t, agent.Config{EtcdPath: testBinary(t), SigtermWait: 3 * time.Second, SigintWait: wait})
+		c := s.client(t, client.Config{})
+		if _, err := c.Start(ctx, []string{modeIgnoreTerm}); err != nil {
+			t.Fatal(err)
+		}
+		waitHelperReady(t, s.base)
+		stopped := make(chan error, 1)
+		go func() { stopped <- c.Stop(ctx) }()
+		// Renew once the helper has its SIGTERM: the stop is under way.
+		deadline := time.Now().Add(10 * time.Second)
+		for !slices.Contains(signalNames(readSignals(t, s.base)), "SIGTERM") {
+			if time.Now().After(deadline) {
+				t.Fatal("the helper got no SIGTERM")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		start := time.Now()
+		if _, err := c.(client.FaultKeeper).KeepFaults(ctx, wire.MinFaultLease); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("a renewal during a stop took %v: it waited for the stop", took)
+		}
+		select {
+		case err := <-stopped:
+			t.Fatalf("the stop ended (%v) before the renewal was timed: the test proves nothing", err)
+		default:
+		}
+		if err := <-stopped; err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("StopContinuesAPausedProcessSoItCanActOnSignals", func(t *testing.T) {
 		t.Parallel()
 		s, c := newLadderAgent(t)
