@@ -85,6 +85,12 @@ func (c *Config) applyRecorded(plan []replayRound, r *Report) {
 		c.Stresser.Names = slices.Clone(rc.Stressers)
 		c.Stresser.QPS = rc.StressQPS
 		c.Stresser.SkipPastReads = !rc.PastReads
+		if rc.HistoryClients > 0 {
+			c.Stresser.History.Clients, c.Stresser.History.QPS = rc.HistoryClients, rc.HistoryQPS
+		}
+		if rc.StressRequestTimeoutSeconds > 0 {
+			c.Stresser.RequestTimeout = time.Duration(rc.StressRequestTimeoutSeconds * float64(time.Second))
+		}
 	}
 }
 

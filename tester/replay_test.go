@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/etcd-functional/functional/stresser"
 )
 
 // A replayed case hits the recorded members, whoever holds which role now,
@@ -128,5 +130,24 @@ func TestReadReplay(t *testing.T) {
 	os.Remove(cfg.Replay)
 	if _, err := cfg.normalize(); err == nil || !strings.Contains(err.Error(), "-replay") {
 		t.Errorf("no file: %v", err)
+	}
+}
+
+// A replay takes the recorded load's shape: the history stresser's
+// clients and rate and the request timeout, as well as stressers and rate.
+func TestReplayTakesTheRecordedLoad(t *testing.T) {
+	c := DefaultConfig()
+	r := &Report{Seed: 9, Config: &RunConfig{Stressers: []string{"keys", "history"}, StressQPS: 300, PastReads: true,
+		HistoryClients: 12, HistoryQPS: 600, StressRequestTimeoutSeconds: 1.5, CaseDelaySeconds: 2}}
+	c.applyRecorded([]replayRound{{}}, r)
+	if c.Seed != 9 || c.Stresser.QPS != 300 || c.Stresser.History.Clients != 12 || c.Stresser.History.QPS != 600 ||
+		c.Stresser.RequestTimeout != 1500*time.Millisecond || c.CaseDelay != 2*time.Second {
+		t.Errorf("replayed config %+v", c.Stresser)
+	}
+	// A report from before these were recorded keeps the defaults.
+	c = DefaultConfig()
+	c.applyRecorded([]replayRound{{}}, &Report{Config: &RunConfig{StressQPS: 300}})
+	if c.Stresser.History != stresser.DefaultHistoryConfig() || c.Stresser.RequestTimeout != stresser.DefaultConfig().RequestTimeout {
+		t.Errorf("old report: %+v", c.Stresser)
 	}
 }

@@ -23,10 +23,15 @@ type RunConfig struct {
 	Stressers                     []string `json:"stressers"`
 	StressQPS                     int      `json:"stress_qps"`
 	PastReads                     bool     `json:"past_reads"`
-	CaseDelaySeconds              float64  `json:"case_delay_seconds"`
-	RecoveryTimeoutSeconds        float64  `json:"recovery_timeout_seconds"`
-	Seed                          int64    `json:"seed"`
-	Limit                         int      `json:"limit"`
+	// The history stresser's clients and rate, and every stress
+	// request's timeout; absent in reports from before they were flags.
+	HistoryClients              int     `json:"history_clients,omitempty"`
+	HistoryQPS                  int     `json:"history_qps,omitempty"`
+	StressRequestTimeoutSeconds float64 `json:"stress_request_timeout_seconds,omitempty"`
+	CaseDelaySeconds            float64 `json:"case_delay_seconds"`
+	RecoveryTimeoutSeconds      float64 `json:"recovery_timeout_seconds"`
+	Seed                        int64   `json:"seed"`
+	Limit                       int     `json:"limit"`
 	// Cases are the cases asked for with -cases; empty asks for every
 	// case the environment supports.
 	Cases           []string `json:"cases"`
@@ -51,6 +56,9 @@ func runConfig(c Config) *RunConfig {
 		Stressers:                     slices.Clone(c.Stresser.Names),
 		StressQPS:                     c.Stresser.QPS,
 		PastReads:                     !c.Stresser.SkipPastReads,
+		HistoryClients:                c.Stresser.History.Clients,
+		HistoryQPS:                    c.Stresser.History.QPS,
+		StressRequestTimeoutSeconds:   c.Stresser.RequestTimeout.Seconds(),
 		CaseDelaySeconds:              c.CaseDelay.Seconds(),
 		RecoveryTimeoutSeconds:        c.RecoveryTimeout.Seconds(),
 		Seed:                          c.Seed,
@@ -108,11 +116,17 @@ func (c *RunConfig) summary() string {
 	if c.AllowUnknown {
 		unknown = "ALLOWED"
 	}
+	secs := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 	load := "NO LOAD"
 	if c.Load {
 		load = fmt.Sprintf("load %s at %d req/s, past reads %s", strings.Join(c.Stressers, ","), c.StressQPS, onOff(c.PastReads))
+		if slices.Contains(c.Stressers, stresser.NameHistory) && c.HistoryClients > 0 {
+			load += fmt.Sprintf(", history %d clients at %d req/s", c.HistoryClients, c.HistoryQPS)
+		}
+		if c.StressRequestTimeoutSeconds > 0 {
+			load += fmt.Sprintf(", request timeout %v", secs(c.StressRequestTimeoutSeconds))
+		}
 	}
-	secs := func(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 	return fmt.Sprintf("consistency %s, watch %s, linearizability timeout %v, unknown verdicts %s, etcd corrupt check %s; %s; case delay %v, recovery timeout %v, seed %d",
 		onOff(c.ConsistencyCheck), onOff(c.WatchCheck), secs(c.LinearizabilityTimeoutSeconds), unknown, onOff(c.EtcdCorruptCheck),
 		load, secs(c.CaseDelaySeconds), secs(c.RecoveryTimeoutSeconds), c.Seed)

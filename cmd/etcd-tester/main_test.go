@@ -45,6 +45,15 @@ func TestParseFlags(t *testing.T) {
 	if cfg.RecoveryTimeout != 60*time.Second || cfg.Seed != 0 {
 		t.Errorf("recovery timeout %v, seed %d; want 60s and the explicit 0", cfg.RecoveryTimeout, cfg.Seed)
 	}
+	// The history stresser's shape and the stress request timeout.
+	cfg, _, err = parseFlags([]string{"-stress-history-clients", "16", "-stress-history-qps", "800", "-stress-request-timeout", "1500ms"}, &bytes.Buffer{})
+	if err != nil || cfg.Stresser.History.Clients != 16 || cfg.Stresser.History.QPS != 800 || cfg.Stresser.RequestTimeout != 1500*time.Millisecond {
+		t.Errorf("history flags: %v %+v", err, cfg.Stresser)
+	}
+	cfg, _, _ = parseFlags([]string{"-stress-history-clients", "0"}, &bytes.Buffer{})
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "History.Clients") {
+		t.Errorf("-stress-history-clients 0: %v", err)
+	}
 	cfg, _, _ = parseFlags([]string{"-election-timeout", "2s", "-recovery-timeout", "5s"}, &bytes.Buffer{})
 	if cfg.RecoveryTimeout != 5*time.Second {
 		t.Errorf("explicit recovery timeout: %v", cfg.RecoveryTimeout)
