@@ -236,10 +236,15 @@ func (r *caseRun) waitHealthy(ctx context.Context) error {
 		defer cancel()
 		return c.healthOnce(ctx)
 	}
-	wg.Go(func() { n = nudgeIfStuck(wctx, quiet, nudgeAfter(timeout), look, c.nudgeWrite) })
+	nctx, stopNudges := context.WithCancel(wctx)
+	defer stopNudges()
+	wg.Go(func() { n = nudgeIfStuck(nctx, quiet, nudgeAfter(timeout), look, c.nudgeWrite) })
 	healthy, err := c.waitHealthyFine(ctx, timeout)
-	cancel() // ends the nudges; and no point waiting for a write to a cluster declared broken
-	wg.Wait()
+	stopNudges()
+	if err != nil {
+		cancel() // no point waiting for a write to a cluster declared broken
+	}
+	wg.Wait() // for the first write after recovery too, if health came first
 	if err == nil {
 		r.res.HealthyTime = healthy
 		r.res.RecoverySeconds = max(healthy.Sub(r.res.RecoverTime), 0).Seconds()

@@ -4,6 +4,9 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // waitHealthyAfterRecover plays a case's wait-healthy phase on c right
@@ -86,4 +89,31 @@ func TestWaitHealthyWritesNothingToAMemberReadyOnItsOwn(t *testing.T) {
 	if late := fe.putsAfter(first.Add(figureInterval + 50*time.Millisecond)); len(late) > 0 {
 		t.Errorf("%d puts after the first write after recovery, the first %v after it", len(late), late[0].Sub(first))
 	}
+}
+
+// Health may come before the first write after recovery succeeds (reads
+// served while writes still time out): the phase waits for that write, it
+// does not give up on it once the members are healthy.
+func TestWaitHealthyWaitsForTheFirstWriteAfterHealth(t *testing.T) {
+	c, _ := fakeCluster(t, 3)
+	c.cfg.RecoveryTimeout = 3 * time.Second
+	fe := startFakeEtcds(t, c)
+	writable := time.Now().Add(600 * time.Millisecond)
+	fe.set(func(fe *fakeEtcds) {
+		fe.putErr = func(int) error {
+			if time.Now().Before(writable) {
+				return status.Error(codes.Unavailable, "fake etcd: no leader for writes yet")
+			}
+			return nil
+		}
+	})
+	r, err := waitHealthyAfterRecover(t, c)
+	if err != nil {
+		t.Fatalf("waitHealthy: %v", err)
+	}
+	first := r.res.RecoverTime.Add(time.Duration(r.res.FirstWriteSeconds * float64(time.Second)))
+	if !r.res.HealthyTime.Before(writable) {
+		t.Errorf("healthy at %v, not before writes worked at %v: the test proves nothing", r.res.HealthyTime, writable)
+	}
+	within(t, "first write", first, writable)
 }
