@@ -133,9 +133,12 @@ agent:
 	@mkdir -p $(BIN)
 	$(GOFLAGS_STATIC) $(GO) build -o $(BIN)/etcd-agent ./cmd/etcd-agent
 
+# The tester records its build in results.json; the go command's own VCS
+# stamp is off wherever GOFLAGS says -buildvcs=false, so make stamps it.
+TESTER_VERSION := $(shell git describe --always --dirty 2>/dev/null)
 tester:
 	@mkdir -p $(BIN)
-	$(GOFLAGS_STATIC) $(GO) build -o $(BIN)/etcd-tester ./cmd/etcd-tester
+	$(GOFLAGS_STATIC) $(GO) build -ldflags '-X github.com/etcd-functional/functional/tester.buildVersion=$(TESTER_VERSION)' -o $(BIN)/etcd-tester ./cmd/etcd-tester
 
 localrun:
 	@mkdir -p $(BIN)

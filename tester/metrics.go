@@ -24,6 +24,7 @@ type metrics struct {
 	roundFailures prometheus.Counter
 	cases         *prometheus.CounterVec
 	caseFailures  *prometheus.CounterVec
+	findings      *prometheus.CounterVec
 	recovery      *prometheus.HistogramVec
 
 	mu        sync.Mutex
@@ -48,13 +49,16 @@ func newMetrics() *metrics {
 		caseFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "etcd_tester_case_failures_total", Help: "Cases failed, by case.",
 		}, []string{"case"}),
+		findings: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "etcd_tester_findings_total", Help: "Findings (what etcd did that no case failed for), by case and what was found.",
+		}, []string{"case", "what"}),
 		recovery: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "etcd_tester_recovery_seconds",
 			Help:    "Time from the end of a fault's recovery to every member healthy with one leader, by case.",
 			Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128},
 		}, []string{"case"}),
 	}
-	m.reg.MustRegister(m.rounds, m.roundFailures, m.cases, m.caseFailures, m.recovery)
+	m.reg.MustRegister(m.rounds, m.roundFailures, m.cases, m.caseFailures, m.findings, m.recovery)
 	return m
 }
 
@@ -74,6 +78,9 @@ func (m *metrics) caseDone(r CaseResult) {
 	m.cases.WithLabelValues(r.Case).Inc()
 	if !r.Passed {
 		m.caseFailures.WithLabelValues(r.Case).Inc()
+	}
+	for _, f := range r.Findings {
+		m.findings.WithLabelValues(r.Case, f.What).Inc()
 	}
 	if !r.HealthyTime.IsZero() {
 		m.recovery.WithLabelValues(r.Case).Observe(r.RecoverySeconds)

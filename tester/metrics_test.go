@@ -27,6 +27,8 @@ func TestMetricsExposition(t *testing.T) {
 	m.caseDone(CaseResult{Case: "SIGKILL_LEADER", Passed: false, HealthyTime: now, RecoverySeconds: 40})
 	// A case that never became healthy has no recovery time to observe.
 	m.caseDone(CaseResult{Case: "SIGTERM_ALL", Passed: false})
+	m.caseDone(CaseResult{Case: "SIGQUIT_AND_REMOVE_ONE_FOLLOWER", Passed: true, HealthyTime: now,
+		Findings: []Finding{{What: FindingNeededWrite, Members: []string{"etcd-1"}}}})
 	m.roundDone(false)
 	m.roundDone(true)
 
@@ -42,6 +44,7 @@ func TestMetricsExposition(t *testing.T) {
 		`etcd_tester_recovery_seconds_bucket{case="SIGKILL_LEADER",le="64"} 2`,
 		`etcd_tester_recovery_seconds_count{case="SIGKILL_LEADER"} 2`,
 		`etcd_tester_recovery_seconds_sum{case="SIGKILL_LEADER"} 41.5`,
+		`etcd_tester_findings_total{case="SIGQUIT_AND_REMOVE_ONE_FOLLOWER",what="ready only after a client write"} 1`,
 	} {
 		if !strings.Contains(out, want+"\n") {
 			t.Errorf("exposition lacks %q", want)

@@ -74,11 +74,21 @@ func runConfig(c Config) *RunConfig {
 	}
 }
 
-// TesterVersion is the build of this tester: its main module's version
-// when built from a tagged module, else the VCS revision the build
-// recorded ("+dirty" for uncommitted changes), else "unknown" (a test
-// binary, or a build without VCS information).
+// buildVersion is what the Makefile stamps into the tester (-ldflags -X,
+// from `git describe --always --dirty`): the go command records no VCS
+// information where GOFLAGS holds -buildvcs=false, as on this project's
+// machines.
+var buildVersion string
+
+// TesterVersion is the build of this tester: the version the build
+// stamped, else its main module's version when built from a tagged
+// module, else the VCS revision the build recorded ("+dirty" for
+// uncommitted changes), else "unknown" (a test binary, or a build without
+// VCS information).
 func TesterVersion() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"
