@@ -21,7 +21,10 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"time"
 )
 
@@ -77,13 +80,22 @@ func writeAtomic(path string, data []byte) error {
 
 // Handler serves the report directory dir: at / (and /index.html) the
 // current page, rendered from results.json on each request so that it is
-// current even between two Writes; every other path is a file of dir, so
-// that the page's relative links (archives, logs, checkers' files) work
-// when it is served. It answers 503 until results.json exists.
+// current even between two Writes; besides, the run's reports
+// (results.json, summary.txt, cases.jsonl) and what the checkers saved
+// beside each case (round1_case3_NAME/…), so that the page's links to
+// them work when it is served. Nothing else of dir: the tester serves
+// this on its metrics address, on every interface by default, and a
+// report directory may hold agents' base directories (etcd's data, logs,
+// failure archives), which the page links to as files on disk. It
+// answers 503 until results.json exists.
 func Handler(dir string) http.Handler {
 	files := http.FileServer(http.Dir(dir))
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.URL.Path != "/" && req.URL.Path != "/"+PageFile {
+			if !served(req.URL.Path) {
+				http.Error(w, "not served: the report server serves the page, the run's reports and the checkers' files; the rest of the report directory is on the tester's disk", http.StatusNotFound)
+				return
+			}
 			files.ServeHTTP(w, req)
 			return
 		}
@@ -105,4 +117,21 @@ func Handler(dir string) http.Handler {
 		w.Header().Set("Cache-Control", "no-cache")
 		http.ServeContent(w, req, PageFile, time.Time{}, bytes.NewReader(buf.Bytes()))
 	})
+}
+
+// servedFiles are the run's reports the Handler serves by name.
+var servedFiles = map[string]bool{ResultsFile: true, "summary.txt": true, "cases.jsonl": true}
+
+// caseDirName is a directory the tester keeps a case's checker files in.
+var caseDirName = regexp.MustCompile(`^round[0-9]+_case[0-9]+(_[A-Z0-9_]+)?$`)
+
+// served reports whether the Handler serves the file at URL path p: one of
+// servedFiles, or a file in a case's directory.
+func served(p string) bool {
+	p = strings.TrimPrefix(path.Clean("/"+p), "/")
+	first, rest, nested := strings.Cut(p, "/")
+	if !nested {
+		return servedFiles[first]
+	}
+	return caseDirName.MatchString(first) && rest != ""
 }

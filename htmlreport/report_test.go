@@ -175,6 +175,24 @@ func TestHandler(t *testing.T) {
 	if code, body := get("/summary.txt"); code != http.StatusOK || body != "result: PASS\n" {
 		t.Errorf("/summary.txt: %d %q", code, body)
 	}
+	// What the checkers saved beside a case is served; the agents' base
+	// dirs (etcd's data and logs) that a local run keeps in the report
+	// dir are not, however the path is spelled.
+	caseFile := filepath.Join(dir, "round1_case3_SIGKILL_LEADER", "linearizability.html")
+	os.MkdirAll(filepath.Dir(caseFile), 0o755)
+	os.WriteFile(caseFile, []byte("<html>porcupine</html>"), 0o644)
+	if code, body := get("/round1_case3_SIGKILL_LEADER/linearizability.html"); code != http.StatusOK || body != "<html>porcupine</html>" {
+		t.Errorf("checker file: %d %q", code, body)
+	}
+	data := filepath.Join(dir, "agents", "agent-0", "etcd.data", "member", "snap", "db")
+	os.MkdirAll(filepath.Dir(data), 0o755)
+	os.WriteFile(data, []byte("secret"), 0o644)
+	for _, p := range []string{"/agents/agent-0/etcd.data/member/snap/db", "/round1_case3_SIGKILL_LEADER/../agents/agent-0/etcd.data/member/snap/db",
+		"/agents/", "/round1_case3_SIGKILL_LEADER", "/other.txt"} {
+		if code, body := get(p); code != http.StatusNotFound || strings.Contains(body, "secret") {
+			t.Errorf("%s: %d %q; want 404", p, code, body)
+		}
+	}
 }
 
 func TestProgress(t *testing.T) {
