@@ -75,6 +75,15 @@ func TestCatalogue(t *testing.T) {
 	if len(listed) != len(wantCases) {
 		t.Errorf("ListCases lists %d cases, want %d", len(listed), len(wantCases))
 	}
+	// A delay on several members is twice as long between two of them,
+	// and a case says so; one on a single member has nothing to add.
+	for _, c := range Catalogue(DefaultConfig()) {
+		name, desc := c.Name(), c.Describe()
+		several := strings.HasSuffix(name, "_QUORUM") || strings.HasSuffix(name, "_ALL")
+		if strings.Contains(name, "DELAY") && several != strings.Contains(desc, "twice that") {
+			t.Errorf("%s: %q; want the doubled delay between targets named exactly when several are hit", name, desc)
+		}
+	}
 }
 
 // env3 is three agents on distinct hosts with iptables: everything runs.

@@ -65,8 +65,28 @@ type faultCase struct {
 	t target
 }
 
-func (fc faultCase) Name() string     { return fc.f.prefix() + "_" + fc.t.suffix() }
-func (fc faultCase) Describe() string { return fc.f.describe() + " " + fc.t.describe() }
+func (fc faultCase) Name() string { return fc.f.prefix() + "_" + fc.t.suffix() }
+func (fc faultCase) Describe() string {
+	d := fc.f.describe() + " " + fc.t.describe()
+	if c, ok := fc.f.(compounding); ok && hitsSeveral(fc.t) {
+		d += "; " + c.between()
+	}
+	return d
+}
+
+// compounding is a family whose fault adds up on a link between two of
+// its targets (a delay applied at both ends); a case that hits several
+// members says what that makes of it.
+type compounding interface{ between() string }
+
+// hitsSeveral reports whether t picks more than one member.
+func hitsSeveral(t target) bool {
+	switch t.(type) {
+	case quorum, all:
+		return true
+	}
+	return false
+}
 
 func (fc faultCase) Requires(env Env) error {
 	if n := fc.t.minMembers(); env.Members < n {

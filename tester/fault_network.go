@@ -81,6 +81,13 @@ func (d delay) prefix() string {
 	return "DELAY_PEER_PORT_TX_RX"
 }
 func (d delay) describe() string { return d.text }
+
+// between: where agents delay their member's peer traffic both ways
+// (Status.DelayDirections), a byte from one target to another crosses
+// both targets' delays.
+func (d delay) between() string {
+	return "between two of the targets the delay is twice that where agents delay both directions (a byte crosses both agents' proxies)"
+}
 func (d delay) requires(env Env) error {
 	if !env.PeerProxy {
 		return errors.New("needs -peer-proxy: only the agent's peer proxy can delay traffic (this kernel has no netem)")
