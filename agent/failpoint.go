@@ -250,6 +250,12 @@ func (a *Agent) ArmFailpoint(name, term string) error {
 		return fmt.Errorf("failpoint %q: etcd refused term %q: %d %s", name, term, code, body)
 	}
 	plog.Infof("armed failpoint %s=%s", name, term)
+	// An armed failpoint is a fault like any other: it lasts while the
+	// fault lease is renewed, and the agent disarms it when the lease
+	// lapses (a tester that died with a panic armed would leave it).
+	a.mu.Lock()
+	a.extendLeaseLocked()
+	a.mu.Unlock()
 	return nil
 }
 
@@ -266,17 +272,47 @@ func (a *Agent) DisarmFailpoint(name string) error {
 	if fp.Term == "" {
 		return nil
 	}
-	code, body, err := failpointRequest(addr, http.MethodDelete, "/"+name, "")
+	return disarm(addr, fp)
+}
+
+// disarm disarms fp on etcd's failpoint server at addr.
+func disarm(addr string, fp wire.Failpoint) error {
+	code, body, err := failpointRequest(addr, http.MethodDelete, "/"+fp.Name, "")
 	if err != nil {
 		return err
 	}
 	// gofail answers 400 "failpoint is disabled" for one disarmed since
 	// the list was read: the caller's wish is met.
 	if code != http.StatusNoContent && code != http.StatusOK && !strings.Contains(body, "disabled") {
-		return fmt.Errorf("failpoint %q: disarm: etcd answered %d: %s", name, code, body)
+		return fmt.Errorf("failpoint %q: disarm: etcd answered %d: %s", fp.Name, code, body)
 	}
-	plog.Infof("disarmed failpoint %s (was %s)", name, fp.Term)
+	plog.Infof("disarmed failpoint %s (was %s)", fp.Name, fp.Term)
 	return nil
+}
+
+// armedFailpoints returns the failpoints armed in the running etcd and
+// the address of its failpoint server; none if this etcd has no
+// failpoints or is not running. a.op held.
+func (a *Agent) armedFailpoints() ([]wire.Failpoint, string) {
+	if !a.fp.ok {
+		return nil, ""
+	}
+	addr, err := a.failpointAddr()
+	if err != nil {
+		return nil, "" // not running: nothing is armed
+	}
+	fps, err := listFailpoints(addr)
+	if err != nil {
+		plog.Errorf("fault lease: listing the armed failpoints: %v", err)
+		return nil, ""
+	}
+	var armed []wire.Failpoint
+	for _, fp := range fps {
+		if fp.Term != "" {
+			armed = append(armed, fp)
+		}
+	}
+	return armed, addr
 }
 
 // FailpointCount returns how many times the term of the armed failpoint

@@ -404,3 +404,42 @@ func TestFailpointsOfAdoptedEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An armed failpoint is a fault under the lease: arming extends the lease,
+// and when nobody renews it the agent disarms the failpoint, as it heals
+// any other fault, and says so. A tester that died with a panic armed
+// would otherwise leave it for etcd's next write.
+func TestFaultLeaseDisarmsFailpoints(t *testing.T) {
+	bin := failpointBinary(t)
+	s := serve(t, agent.Config{EtcdPath: bin, FaultLease: leaseTestLease})
+	c := s.client(t, client.Config{})
+	fp := failpointer(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	m := newMember(t, "fplease", false)
+	if _, err := c.Start(ctx, m.args); err != nil {
+		t.Fatal(err)
+	}
+	waitHealthy(t, m.clientURL())
+	// Let the start's own lease lapse first: the arming must start one.
+	waitStatus(t, s.Agent, leaseTestLease+5*time.Second, "past the start's lease", func(st wire.Status) bool { return st.FaultLeaseUntil.IsZero() })
+
+	injected := time.Now()
+	if err := fp.ArmFailpoint(ctx, "defragBeforeCopy", "sleep(1)"); err != nil {
+		t.Fatal(err)
+	}
+	if st := s.Status(); st.FaultLeaseUntil.Before(injected.Add(leaseTestLease - 100*time.Millisecond)) {
+		t.Errorf("FaultLeaseUntil %v after arming, want a lease of %v from then", st.FaultLeaseUntil, leaseTestLease)
+	}
+	st := waitStatus(t, s.Agent, leaseTestLease+5*time.Second, "expired", func(st wire.Status) bool { return !st.FaultsExpiredAt.IsZero() })
+	expectExpiry(t, st, injected, "failpoint defragBeforeCopy armed (sleep(1))")
+	fps, err := fp.Failpoints(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fps {
+		if f.Term != "" {
+			t.Errorf("failpoint %s still armed (%s) after the lease lapsed", f.Name, f.Term)
+		}
+	}
+}

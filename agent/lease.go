@@ -101,7 +101,15 @@ func (a *Agent) expireLease() {
 		return
 	}
 	a.leaseUntil = time.Time{}
+	a.mu.Unlock()
+	// Asking etcd which failpoints are armed takes a request: not under
+	// a.mu, which Status needs. a.op keeps every operation out meanwhile.
+	armed, fpAddr := a.armedFailpoints()
+	a.mu.Lock()
 	faults := a.faultsLocked()
+	for _, fp := range armed {
+		faults = append(faults, fmt.Sprintf("failpoint %s armed (%s)", fp.Name, fp.Term))
+	}
 	p, paused := a.proc, a.currentStateLocked() == wire.StatePaused
 	restart := a.currentStateLocked() == wire.StateStopped && a.faultStopped && a.args != nil
 	var network []string
@@ -130,6 +138,9 @@ func (a *Agent) expireLease() {
 			failed = true
 		}
 		healed = append(healed, what)
+	}
+	for _, fp := range armed {
+		outcome(fmt.Sprintf("failpoint %s armed (%s)", fp.Name, fp.Term), disarm(fpAddr, fp))
 	}
 	if len(network) > 0 {
 		outcome(strings.Join(network, ", "), a.healNetwork())
