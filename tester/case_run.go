@@ -254,6 +254,9 @@ func (r *caseRun) waitHealthy(ctx context.Context) error {
 		}
 	}
 	if err != nil {
+		if !n.at.IsZero() {
+			err = fmt.Errorf("%w; the tester wrote to it %d times from %.3fs after its last write, to no avail", err, n.writes, n.at.Sub(n.quiet).Seconds())
+		}
 		return phaseErr(PhaseWaitHealthy, fmt.Errorf("after recovery (timeout %v): %w", timeout, err))
 	}
 	if writeErr != nil {

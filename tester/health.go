@@ -59,8 +59,8 @@ func memberStatus(ctx context.Context, m *Member) (*pb.StatusResponse, error) {
 // only after one (etcd v3.6.16 re-adding a member from a snapshot on an
 // idle cluster, for one: it refuses to publish itself until an entry is
 // applied after the snapshot) would look healthy to a probe that writes.
-// The probe must not heal what it measures; see waitHealthyNudged for how
-// such a member is found and reported instead.
+// The probe must not heal what it measures; caseRun.waitHealthy and
+// nudgeIfStuck find and report such a member instead.
 func memberHealth(ctx context.Context, m *Member) (*pb.StatusResponse, error) {
 	st, err := memberStatus(ctx, m)
 	if err != nil {

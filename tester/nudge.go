@@ -40,7 +40,7 @@ type nudge struct {
 	quiet   time.Time // when the tester's writes stopped
 	at      time.Time // the first nudge
 	reasons map[string]string
-	writes  int
+	writes  int // how many nudges were written
 }
 
 // nudgeIfStuck waits for quiet (closed when the tester's own writes have

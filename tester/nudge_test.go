@@ -2,6 +2,7 @@ package tester
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,4 +117,21 @@ func TestWaitHealthyWaitsForTheFirstWriteAfterHealth(t *testing.T) {
 		t.Errorf("healthy at %v, not before writes worked at %v: the test proves nothing", r.res.HealthyTime, writable)
 	}
 	within(t, "first write", first, writable)
+}
+
+// A member that no write heals: the phase fails on the recovery timeout,
+// and its error says the tester wrote to the cluster, so that nobody
+// reads it as a cluster left idle.
+func TestWaitHealthyNeverHealthyAfterNudgesSaysSo(t *testing.T) {
+	c, _ := fakeCluster(t, 3)
+	c.cfg.RecoveryTimeout = 3 * time.Second
+	fe := startFakeEtcds(t, c)
+	fe.set(func(fe *fakeEtcds) { fe.readyAt[0] = time.Now().Add(time.Hour) })
+	r, err := waitHealthyAfterRecover(t, c)
+	if err == nil || !strings.Contains(err.Error(), "etcd-0") || !strings.Contains(err.Error(), "the tester wrote to it") {
+		t.Fatalf("waitHealthy: %v; want a failure naming etcd-0 and the writes", err)
+	}
+	if len(r.res.Findings) != 0 {
+		t.Errorf("findings %+v of a case that never recovered", r.res.Findings)
+	}
 }
