@@ -6,8 +6,11 @@
 // case waits for a healthy cluster, starts the load, injects its fault on
 // targets chosen from the live cluster (the leader now, followers by a
 // seeded draw), holds it, recovers, pauses the load and waits — bounded —
-// for every member to be healthy under one leader; then the checkers
-// compare the members' key spaces and the stresser's leases. A failed case
+// for every member to be healthy under one leader (serving a linearizable
+// read, with no write from the tester once one has succeeded: a member
+// that recovers only when written to is reported as a Finding, see
+// nudge.go); then the checkers judge the members' key spaces, the load's
+// leases, the clients' history and the watches. A failed case
 // is recovered all the same, every member archived under the case's name,
 // and the cluster bootstrapped anew.
 //
@@ -26,7 +29,8 @@
 // phases: prepare, inject, hold, recover, wait healthy, check; each fails
 // with a *PhaseError) → cases.go and catalogue.go (Case, the catalogue as
 // target × fault family, selection) → fault*.go, targets.go, ledger.go →
-// checker*.go. cluster.go, health.go and maintenance.go are the Cluster.
+// checker*.go. cluster.go, health.go, figures.go, nudge.go and
+// maintenance.go are the Cluster and how it is judged healthy.
 //
 // # Adding a fault
 //
