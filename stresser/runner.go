@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"golang.org/x/time/rate"
 )
 
@@ -42,6 +44,36 @@ const (
 )
 
 func newRunnerLimiter() *rate.Limiter { return rate.NewLimiter(runnerQPS, 1) }
+
+// runWorkers runs worker 0..runnerWorkers-1, each in its own goroutine,
+// and returns when all have.
+func runWorkers(worker func(w int)) {
+	var wg sync.WaitGroup
+	for w := range runnerWorkers {
+		wg.Go(func() { worker(w) })
+	}
+	wg.Wait()
+}
+
+// inSessions calls use with one concurrency.Session after another, each
+// closed once use returns, until ctx ends; a session that cannot be made
+// is retried at lim's pace.
+func inSessions(ctx context.Context, cli *clientv3.Client, lim *rate.Limiter, use func(s *concurrency.Session)) {
+	for ctx.Err() == nil {
+		// Not ctx itself: Close must still revoke the session's lease
+		// after the interval ends, or its keys block the next
+		// interval's workers for a whole TTL.
+		s, err := concurrency.NewSession(cli, concurrency.WithTTL(runnerSessionTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
+		if err != nil {
+			if lim.Wait(ctx) != nil {
+				return
+			}
+			continue
+		}
+		use(s)
+		s.Close()
+	}
+}
 
 // violations records the times a runner saw its property broken.
 type violations struct {

@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"golang.org/x/time/rate"
 )
@@ -39,28 +37,10 @@ func (e *electionRunner) modifiedKeys() int64                 { return 0 }
 func (e *electionRunner) check(context.Context, *conns) error { return e.v.take() }
 
 func (e *electionRunner) run(ctx context.Context, c *conns, interval uint64) {
-	var wg sync.WaitGroup
-	for w := range runnerWorkers {
-		wg.Go(func() { e.worker(ctx, c.all, fmt.Sprintf("w%d-%d", w, interval)) })
-	}
-	wg.Wait()
-}
-
-func (e *electionRunner) worker(ctx context.Context, cli *clientv3.Client, me string) {
-	for ctx.Err() == nil {
-		// Not ctx itself: Close must still revoke the session's lease
-		// after the interval ends, or its keys block the next
-		// interval's workers for a whole TTL.
-		s, err := concurrency.NewSession(cli, concurrency.WithTTL(runnerSessionTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
-		if err != nil {
-			if e.lim.Wait(ctx) != nil {
-				return
-			}
-			continue
-		}
-		e.campaign(ctx, s, me)
-		s.Close()
-	}
+	runWorkers(func(w int) {
+		me := fmt.Sprintf("w%d-%d", w, interval)
+		inSessions(ctx, c.all, e.lim, func(s *concurrency.Session) { e.campaign(ctx, s, me) })
+	})
 }
 
 func (e *electionRunner) campaign(ctx context.Context, s *concurrency.Session, me string) {

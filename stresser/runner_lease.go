@@ -2,7 +2,6 @@ package stresser
 
 import (
 	"context"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,11 +43,7 @@ func (l *leaseRunner) modifiedKeys() int64                 { return 0 }
 func (l *leaseRunner) check(context.Context, *conns) error { return l.v.take() }
 
 func (l *leaseRunner) run(ctx context.Context, c *conns, _ uint64) {
-	var wg sync.WaitGroup
-	for w := range runnerWorkers {
-		wg.Go(func() { l.worker(ctx, c.all, w) })
-	}
-	wg.Wait()
+	runWorkers(func(w int) { l.worker(ctx, c.all, w) })
 }
 
 func (l *leaseRunner) worker(ctx context.Context, cli *clientv3.Client, w int) {

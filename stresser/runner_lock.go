@@ -2,7 +2,6 @@ package stresser
 
 import (
 	"context"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,28 +37,9 @@ func (l *lockRunner) check(context.Context, *conns) error {
 }
 
 func (l *lockRunner) run(ctx context.Context, c *conns, _ uint64) {
-	var wg sync.WaitGroup
-	for w := range runnerWorkers {
-		wg.Go(func() { l.worker(ctx, c.all, w) })
-	}
-	wg.Wait()
-}
-
-func (l *lockRunner) worker(ctx context.Context, cli *clientv3.Client, w int) {
-	for ctx.Err() == nil {
-		// Not ctx itself: Close must still revoke the session's lease
-		// after the interval ends, or its keys block the next
-		// interval's workers for a whole TTL.
-		s, err := concurrency.NewSession(cli, concurrency.WithTTL(runnerSessionTTL), concurrency.WithContext(context.WithoutCancel(ctx)))
-		if err != nil {
-			if l.lim.Wait(ctx) != nil {
-				return
-			}
-			continue
-		}
-		l.race(ctx, cli, s, w)
-		s.Close()
-	}
+	runWorkers(func(w int) {
+		inSessions(ctx, c.all, l.lim, func(s *concurrency.Session) { l.race(ctx, c.all, s, w) })
+	})
 }
 
 // race takes the lock over and over in one session, until the session
