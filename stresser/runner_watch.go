@@ -1,6 +1,7 @@
 package stresser
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -157,21 +158,14 @@ func (r *watchRunner) saw(w *runnerWatcher, key []byte, rev int64, prefix string
 	}
 	switch {
 	case err != nil:
-		w.bad = cmpOr(w.bad, fmt.Sprintf("key %q not of the runner", key))
+		w.bad = cmp.Or(w.bad, fmt.Sprintf("key %q not of the runner", key))
 	case rev <= w.rev:
-		w.bad = cmpOr(w.bad, fmt.Sprintf("key %d at revision %d after revision %d", k, rev, w.rev))
+		w.bad = cmp.Or(w.bad, fmt.Sprintf("key %d at revision %d after revision %d", k, rev, w.rev))
 	case len(w.seen) > 0 && k <= w.seen[len(w.seen)-1]:
-		w.bad = cmpOr(w.bad, fmt.Sprintf("key %d after key %d", k, w.seen[len(w.seen)-1]))
+		w.bad = cmp.Or(w.bad, fmt.Sprintf("key %d after key %d", k, w.seen[len(w.seen)-1]))
 	}
 	w.seen = append(w.seen, k)
 	w.rev = rev
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // check catches every watcher up to the last acknowledged put, then

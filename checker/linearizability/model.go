@@ -1,6 +1,7 @@
 package linearizability
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"hash/maphash"
@@ -337,21 +338,11 @@ func (s *state) compare(c history.Compare) int {
 			return -1
 		}
 	}
-	return b2i(cmpOp(cmp64(v, c.Number), c.Op))
+	return b2i(cmpOp(cmp.Compare(v, c.Number), c.Op))
 }
 
 func b2i(b bool) int {
 	if b {
-		return 1
-	}
-	return 0
-}
-
-func cmp64(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
 		return 1
 	}
 	return 0

@@ -23,6 +23,7 @@
 package watch
 
 import (
+	"cmp"
 	"fmt"
 	"iter"
 	"slices"
@@ -305,7 +306,7 @@ func (c *streamCheck) checkEvent(t *truthIndex, e flatEvent) {
 	}
 	evs := t.byKey[e.Key]
 	i, found := slices.BinarySearchFunc(evs, e.ModRevision, func(x *history.WatchEvent, rev int64) int {
-		return cmpInt(x.ModRevision, rev)
+		return cmp.Compare(x.ModRevision, rev)
 	})
 	if !found {
 		c.failf("truth", "%v is not in the ground truth", e.WatchEvent)
@@ -369,16 +370,6 @@ func kvString(kv *history.WatchKeyValue) string {
 	return fmt.Sprintf("{value %q mod %d create %d version %d}", kv.Value, kv.ModRevision, kv.CreateRevision, kv.Version)
 }
 
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
 // truthIndex is a truth sorted for lookups by key and by revision.
 type truthIndex struct {
 	*history.WatchTruth
@@ -409,7 +400,7 @@ func newTruthIndex(t *history.WatchTruth) (*truthIndex, error) {
 // firstFrom returns the first event at or after rev that r watches.
 func (t *truthIndex) firstFrom(rev int64, r history.WatchRequest) (history.WatchEvent, bool) {
 	i, _ := slices.BinarySearchFunc(t.Events, rev, func(x history.WatchEvent, rev int64) int {
-		return cmpInt(x.ModRevision, rev)
+		return cmp.Compare(x.ModRevision, rev)
 	})
 	for ; i < len(t.Events); i++ {
 		if r.Matches(t.Events[i].Key) {
@@ -423,7 +414,7 @@ func (t *truthIndex) firstFrom(rev int64, r history.WatchRequest) (history.Watch
 func (t *truthIndex) eventsIn(from, to int64, r history.WatchRequest) iter.Seq[*history.WatchEvent] {
 	return func(yield func(*history.WatchEvent) bool) {
 		i, _ := slices.BinarySearchFunc(t.Events, from, func(x history.WatchEvent, rev int64) int {
-			return cmpInt(x.ModRevision, rev)
+			return cmp.Compare(x.ModRevision, rev)
 		})
 		for ; i < len(t.Events) && t.Events[i].ModRevision <= to; i++ {
 			if r.Matches(t.Events[i].Key) && !yield(&t.Events[i]) {
