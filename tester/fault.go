@@ -2,11 +2,9 @@ package tester
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
-	"sync"
 
 	"github.com/etcd-functional/functional/agent/wire"
 )
@@ -113,13 +111,7 @@ func (fc faultCase) Inject(ctx context.Context, c *Cluster) error {
 	if err != nil {
 		return fmt.Errorf("pick %s: %w", strings.ToLower(fc.t.suffix()), err)
 	}
-	errs := make([]error, len(members))
-	var wg sync.WaitGroup
-	for k, i := range members {
-		wg.Go(func() { errs[k] = c.Inject(ctx, i, f) })
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return c.injectOn(ctx, members, f)
 }
 
 func (fc faultCase) Recover(ctx context.Context, c *Cluster) error { return c.Heal(ctx) }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 
 	"github.com/etcd-functional/functional/agent/client"
 	"github.com/etcd-functional/functional/agent/wire"
@@ -36,6 +37,17 @@ func (c *Cluster) Inject(ctx context.Context, i int, f Fault) error {
 		c.record(injection{i, f})
 	}
 	return err
+}
+
+// injectOn puts f on every member of members at once (Inject each).
+func (c *Cluster) injectOn(ctx context.Context, members []int, f Fault) error {
+	errs := make([]error, len(members))
+	var wg sync.WaitGroup
+	for k, i := range members {
+		wg.Go(func() { errs[k] = c.Inject(ctx, i, f) })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (c *Cluster) record(in injection) {

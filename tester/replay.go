@@ -165,13 +165,7 @@ func (c *Cluster) injectPinned(ctx context.Context, t target, members []int, f F
 	if note := roleNote(ctx, c, t, members); note != "" {
 		c.replayNote(note)
 	}
-	errs := make([]error, len(members))
-	var wg sync.WaitGroup
-	for k, i := range members {
-		wg.Go(func() { errs[k] = c.Inject(ctx, i, f) })
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return c.injectOn(ctx, members, f)
 }
 
 // roleNote says when a recorded member no longer holds the role its
